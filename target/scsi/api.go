@@ -94,8 +94,14 @@ type Result struct {
 	// CHECK CONDITION. Valid until the next Execute on the same Task buffers.
 	Sense []byte
 	// Data is the Data-In payload (possibly longer than ExpectedDataIn; the
-	// transport truncates and reports overflow).
+	// transport truncates and reports overflow). When Release is non-nil,
+	// Data aliases a pooled buffer that stays valid until Release is called.
 	Data []byte
+	// Release, when non-nil, returns Data's buffer to the LU's pool. The
+	// transport calls it exactly once, after the last byte of Data has been
+	// sent (or when it drops the response); Data must not be used after.
+	// Forgetting to call it is safe (the buffer is garbage collected).
+	Release func()
 	// Aborted means a task management function aborted the task and, per
 	// SAM-5, no status is to be returned for it (the transport sends no
 	// response). When TAS applies, Aborted is false and Status is TASK ABORTED.

@@ -135,6 +135,14 @@ const (
 	ASCInsufficientResources                  ASC = 0x5503
 	ASCMediumRemovalPrevented                 ASC = 0x5302
 	ASCMiscompareDuringVerifyOperation        ASC = 0x1d00
+	ASCLogicalUnitNotReadyCauseNotReportable  ASC = 0x0400
+	ASCLogicalUnitNotReadyInitCmdRequired     ASC = 0x0402
+	ASCInvalidFieldInCommandInformationUnit   ASC = 0x0e03
+	ASCDefectListNotFound                     ASC = 0x1c00
+	ASCParameterNotSupported                  ASC = 0x2601
+	ASCParameterValueInvalid                  ASC = 0x2602
+	ASCCommandSequenceError                   ASC = 0x2c00
+	ASCCommandsClearedByDeviceServer          ASC = 0x2f01
 )
 
 // Code returns the ASC byte.
