@@ -195,6 +195,8 @@ func newCommandTable() *commandTable {
 	add(OpWriteAndVerify12, u12(OpWriteAndVerify12, 0xf2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f), (*cmd).writeAndVerify, 0, media)
 	add(OpVerify12, u12(OpVerify12, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f), (*cmd).verify, 0, media)
 	add(OpReadDefectData12, u12(OpReadDefectData12, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0), (*cmd).readDefectData, 0, std)
+	thirdPartyCopyCommands(t) // xcopy.go
+	atomicCommands(t)         // atomic.go
 	return t
 }
 

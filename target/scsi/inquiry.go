@@ -55,7 +55,7 @@ func (c *cmd) inquiry() error {
 	var b []byte
 	switch page {
 	case vpdSupported:
-		b = vpdHeader(page, []byte{vpdSupported, vpdSerial, vpdDeviceID, vpdExtended,
+		b = vpdHeader(page, []byte{vpdSupported, vpdSerial, vpdDeviceID, vpdExtended, vpdThirdPartyCopy,
 			vpdBlockLimits, vpdCharacteristics, vpdProvisioning})
 	case vpdSerial:
 		b = vpdHeader(page, []byte(c.lu.serial))
@@ -66,6 +66,8 @@ func (c *cmd) inquiry() error {
 		p[1] = 0x07 // HEADSUP, ORDSUP, SIMPSUP
 		p[2] = 0x01 // V_SUP: volatile cache
 		b = vpdHeader(page, p)
+	case vpdThirdPartyCopy:
+		b = vpdHeader(page, c.lu.thirdPartyCopyVPD())
 	case vpdBlockLimits:
 		b = vpdHeader(page, c.lu.blockLimits())
 	case vpdCharacteristics:
@@ -95,7 +97,9 @@ func vpdHeader(page byte, body []byte) []byte {
 // standardInquiry returns the standard INQUIRY data, 96 bytes. qualifier
 // is the peripheral qualifier (0, or 3 for an absent LUN).
 func (l *LU) standardInquiry(qualifier byte) []byte {
-	return standardInquiryData(qualifier, 0x00)
+	b := standardInquiryData(qualifier, 0x00)
+	b[5] |= 0x08 // 3PC: EXTENDED COPY (xcopy.go)
+	return b
 }
 
 func standardInquiryData(qualifier, devType byte) []byte {
@@ -216,6 +220,7 @@ func (l *LU) blockLimits() []byte {
 	binary.BigEndian.PutUint32(p[24:], uint32(1)<<l.lbppbe) // OPTIMAL UNMAP GRANULARITY
 	binary.BigEndian.PutUint32(p[28:], 0x80000000)          // UGAVALID, alignment 0
 	binary.BigEndian.PutUint64(p[32:], maxWriteSameBlocks)  // MAXIMUM WRITE SAME LENGTH
+	l.putAtomicLimits(p)                                    // atomic.go
 	return p
 }
 

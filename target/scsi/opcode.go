@@ -34,6 +34,8 @@ const (
 	OpModeSense10               Opcode = 0x5a
 	OpPersistentReserveIn       Opcode = 0x5e
 	OpPersistentReserveOut      Opcode = 0x5f
+	OpExtendedCopy              Opcode = 0x83
+	OpReceiveCopyResults        Opcode = 0x84
 	OpRead16                    Opcode = 0x88
 	OpCompareAndWrite           Opcode = 0x89
 	OpWrite16                   Opcode = 0x8a
@@ -43,6 +45,7 @@ const (
 	OpPreFetch16                Opcode = 0x90
 	OpSynchronizeCache16        Opcode = 0x91
 	OpWriteSame16               Opcode = 0x93
+	OpWriteAtomic16             Opcode = 0x9c
 	OpServiceActionIn16         Opcode = 0x9e
 	OpReportLUNs                Opcode = 0xa0
 	OpMaintenanceIn             Opcode = 0xa3
@@ -144,6 +147,12 @@ func (o Opcode) String() string {
 		return "VERIFY(12)"
 	case OpReadDefectData12:
 		return "READ DEFECT DATA(12)"
+	case OpExtendedCopy:
+		return "EXTENDED COPY"
+	case OpReceiveCopyResults:
+		return "RECEIVE COPY RESULTS"
+	case OpWriteAtomic16:
+		return "WRITE ATOMIC(16)"
 	}
 	return fmt.Sprintf("Opcode(0x%02x)", uint8(o))
 }
