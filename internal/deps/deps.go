@@ -5,7 +5,4 @@ package deps
 
 import (
 	_ "github.com/cockroachdb/datadriven"
-	_ "github.com/prometheus/client_golang/prometheus"
-	_ "github.com/urfave/cli/v2"
-	_ "golang.org/x/sync/errgroup"
 )

@@ -1,0 +1,93 @@
+# Stave build, run and test entry points. Needs only Go and, for `make deps`
+# (run by `make test`), Debian's apt.
+
+GO       ?= go
+BIN      := bin/stave
+DATA     ?= ./stave-data
+PORTAL   ?= [::]:3260
+# HOST is what initiators on this machine use to reach PORTAL.
+HOST     ?= 127.0.0.1
+PORT     ?= $(lastword $(subst :, ,$(PORTAL)))
+API      := unix:$(DATA)/stave.sock
+FUZZTIME ?= 60s
+DEB_DEPS := libiscsi-bin tgt qemu-system-x86 qemu-utils debootstrap sg3-utils e2fsprogs cpio kmod
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_IQN := iqn.2026-11.dev.stave:demo
+
+.PHONY: all build run deps test unit fmt-check vet fuzz-short e2e conformance fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/stave
+
+# run starts the daemon in the foreground with a 1 GiB demo volume.
+run: build
+	@set -eu; mkdir -p $(DATA); \
+	$(BIN) serve --data-dir $(DATA) --portal '$(PORTAL)' --api $(API) & pid=$$!; \
+	trap 'wait $$pid; exit 0' INT; \
+	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid; exit 0' TERM; \
+	i=0; until $(BIN) --api $(API) volume list >/dev/null 2>&1; do \
+		i=$$((i+1)); if [ $$i -gt 100 ] || ! kill -0 $$pid 2>/dev/null; then \
+			echo "stave serve did not start (see the log above)" >&2; kill $$pid 2>/dev/null; exit 1; fi; \
+		sleep 0.1; done; \
+	$(BIN) --api $(API) volume show demo >/dev/null 2>&1 || $(BIN) --api $(API) volume create demo --size 1GiB; \
+	echo; \
+	echo "Stave is serving target $(DEMO_IQN) (LUN 0) on $(PORTAL)."; \
+	echo "From this machine, as root (apt-get install open-iscsi):"; \
+	echo "  iscsiadm -m discovery -t sendtargets -p $(HOST):$(PORT)"; \
+	echo "  iscsiadm -m node -T $(DEMO_IQN) -p $(HOST):$(PORT) --login"; \
+	echo "  lsblk    # a new 1 GiB disk"; \
+	echo "  iscsiadm -m node -T $(DEMO_IQN) -p $(HOST):$(PORT) --logout"; \
+	echo "CLI: $(BIN) --api $(API) volume list | session list | volume create NAME --size 1GiB"; \
+	echo "Press Ctrl-C to stop."; echo; \
+	wait $$pid
+
+# deps installs the Debian packages the end-to-end and conformance tests use;
+# quiet and idempotent when they are all there.
+deps:
+	@missing=""; for p in $(DEB_DEPS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+fmt-check:
+	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*' -not -path './.cache/*')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+# unit runs every package's tests with the race detector, end-to-end suites excluded.
+unit:
+	$(GO) test -race -timeout 10m $$($(GO) list ./... | grep -v '/tests/')
+
+# fuzz-short runs every Fuzz target in the repository for 5 s each.
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+
+# fuzz runs every Fuzz target for FUZZTIME (default 60s) each.
+fuzz:
+	@set -e; for f in $$(grep -rl --include='*_test.go' --exclude-dir=.git --exclude-dir=.cache --exclude-dir=testdata '^func Fuzz' . | sort); do \
+		dir=$$(dirname $$f); \
+		for name in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "fuzz $$dir $$name ($(FUZZTIME))"; \
+			$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$dir; \
+		done; \
+	done
+
+e2e: build
+	STAVE_E2E=1 $(GO) test -count=1 -timeout 25m ./tests/...
+
+test: deps build fmt-check vet unit fuzz-short e2e
+
+# conformance runs libiscsi's suite against Stave and tgt; extra options in CONFORMANCE_ARGS.
+conformance: build
+	bash tools/conformance/run.sh --stave-bin $(BIN) $(CONFORMANCE_ARGS)
+
+clean:
+	rm -rf bin

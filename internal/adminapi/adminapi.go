@@ -1,0 +1,516 @@
+// Package adminapi is Stave's admin API: HTTP/JSON over a unix socket
+// (mode 0600), served by `stave serve` and used by the CLI through Client.
+//
+// Routes (all bodies JSON; errors are {"error": "<what to fix>"} with
+// status 400 invalid request, 404 not found, 405 wrong method, 409
+// conflict, 500 internal):
+//
+//	GET    /v1/volumes          list volumes            → []Volume
+//	POST   /v1/volumes          create (CreateRequest)  → 201 Volume
+//	GET    /v1/volumes/{name}   one volume              → Volume
+//	DELETE /v1/volumes/{name}   close its sessions, delete it → 204
+//	GET    /v1/sessions         iSCSI sessions          → []Session
+//	GET    /healthz             liveness                → Health
+//	GET    /metrics             Prometheus text format
+//
+// CHAP secrets go in (CreateRequest) but never come out: Volume carries
+// only the user names.
+package adminapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"stave.dev/stave/internal/filedev"
+	"stave.dev/stave/internal/logkey"
+	"stave.dev/stave/internal/volume"
+)
+
+// Sentinel errors.
+var (
+	// ErrSocketInUse is returned by ListenUnix when another process serves the socket.
+	ErrSocketInUse = errors.New("adminapi: socket in use by a running daemon")
+	// ErrBadAddress is returned for an API address that is not unix:PATH.
+	ErrBadAddress = errors.New("adminapi: address must be unix:PATH")
+)
+
+// maxBody bounds request bodies.
+const maxBody = 1 << 20
+
+// maxSocketPath is the longest unix socket path Linux accepts
+// (sizeof(sun_path) - 1).
+const maxSocketPath = 107
+
+// CreateRequest is the body of POST /v1/volumes.
+type CreateRequest = volume.CreateRequest
+
+// Volume is a volume as the API reports it. Secrets are left out.
+type Volume struct {
+	Name      string    `json:"name"`
+	Target    string    `json:"target"`
+	LUN       int       `json:"lun"`
+	Size      int64     `json:"size"`
+	BlockSize int       `json:"block_size"`
+	Allocated int64     `json:"allocated"`
+	Created   time.Time `json:"created"`
+	UUID      string    `json:"uuid"`
+	Serial    string    `json:"serial"`
+	NAA       string    `json:"naa"`
+	ACL       []string  `json:"acl,omitempty"`
+	// CHAPUser is the one-way CHAP user name; empty when CHAP is off.
+	CHAPUser string `json:"chap_user,omitempty"`
+	// MutualCHAPUser is the target's CHAP user name for mutual CHAP.
+	MutualCHAPUser string `json:"mutual_chap_user,omitempty"`
+	// Sessions counts logged-in sessions to the volume's target.
+	Sessions int `json:"sessions"`
+	// Exported is false when the daemon could not open the volume (see
+	// its log); initiators cannot log in to it then.
+	Exported bool `json:"exported"`
+}
+
+// Session is one iSCSI session as the API reports it.
+type Session struct {
+	InitiatorName  string `json:"initiator_name"`
+	InitiatorAlias string `json:"initiator_alias,omitempty"`
+	TargetName     string `json:"target_name,omitempty"`
+	ISID           string `json:"isid"`
+	TSIH           uint16 `json:"tsih"`
+	Type           string `json:"type"`
+	Portal         string `json:"portal"`
+	Remote         string `json:"remote"`
+	Connections    int    `json:"connections"`
+	// Params holds the negotiated operational parameters by RFC 7143 key
+	// name (HeaderDigest, MaxBurstLength, …).
+	Params map[string]string `json:"params,omitempty"`
+}
+
+// Health is the body of GET /healthz.
+type Health struct {
+	Status  string `json:"status"`
+	Version string `json:"version"`
+}
+
+// errorBody is the body of every error response.
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+// Targets is what the API needs from the running iSCSI target.
+// Implementations must be safe for concurrent use.
+type Targets interface {
+	// Export starts serving a volume that was just created.
+	Export(ctx context.Context, s *volume.Spec) error
+	// Unexport stops serving the named volume: new logins are refused and
+	// its sessions are closed before Unexport returns.
+	Unexport(ctx context.Context, name string) error
+	// Sessions lists the current sessions.
+	Sessions() []Session
+	// Exported reports whether the named volume is being served (false
+	// when opening it failed at start-up; the log says why).
+	Exported(name string) bool
+}
+
+// Config configures a Server.
+type Config struct {
+	// Logger receives request logs (Debug) and failures; nil discards.
+	Logger *slog.Logger
+	// Volumes is the catalogue the API manages. Required.
+	Volumes *volume.Catalog
+	// Targets is the running target. Required.
+	Targets Targets
+	// Registry is served at /metrics; nil makes a new one. Go, process and
+	// build-info collectors and Stave gauges are registered on it.
+	Registry *prometheus.Registry
+	// Version is reported by /healthz and in stave_build_info.
+	Version string
+}
+
+// Server serves the admin API. It is safe for concurrent use.
+type Server struct {
+	log     *slog.Logger
+	vols    *volume.Catalog
+	targets Targets
+	reg     *prometheus.Registry
+	version string
+	mux     *http.ServeMux
+
+	requests *prometheus.CounterVec
+
+	// opMu serialises create and delete so that export and unexport of
+	// one name cannot interleave.
+	opMu sync.Mutex
+}
+
+// New returns a Server. It fails when a required field is missing or the
+// metrics cannot be registered.
+func New(cfg Config) (*Server, error) {
+	if cfg.Volumes == nil || cfg.Targets == nil {
+		return nil, errors.New("adminapi: Config.Volumes and Config.Targets are required")
+	}
+	s := &Server{log: cfg.Logger, vols: cfg.Volumes, targets: cfg.Targets, reg: cfg.Registry, version: cfg.Version}
+	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stave_admin_requests_total", Help: "Admin API requests by route and HTTP status code.",
+	}, []string{"route", "code"})
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.reg == nil {
+		s.reg = prometheus.NewRegistry()
+	}
+	if err := s.register(); err != nil {
+		return nil, err
+	}
+	s.mux = http.NewServeMux()
+	s.mux.HandleFunc("/v1/volumes", s.volumes)
+	s.mux.HandleFunc("/v1/volumes/{name}", s.volume)
+	s.mux.HandleFunc("/v1/sessions", s.sessions)
+	s.mux.HandleFunc("/healthz", s.healthz)
+	s.mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API path %s: use /v1/volumes, /v1/sessions, /healthz or /metrics", r.URL.Path))
+	})
+	return s, nil
+}
+
+func (s *Server) register() error {
+	cs := []prometheus.Collector{
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewBuildInfoCollector(),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "stave_volumes", Help: "Number of volumes in the catalogue.",
+		}, func() float64 { return float64(len(s.vols.List())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "stave_iscsi_sessions", Help: "Number of iSCSI sessions (normal and discovery).",
+		}, func() float64 { return float64(len(s.targets.Sessions())) }),
+		newVolumeCollector(s),
+		s.requests,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "stave_info", Help: "Stave version, always 1.",
+			ConstLabels: prometheus.Labels{"version": s.version},
+		}, func() float64 { return 1 }),
+	}
+	for _, c := range cs {
+		if err := s.reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				continue // Go/process collectors may already be on a shared registry.
+			}
+			return fmt.Errorf("adminapi: metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+// Handler returns the HTTP handler of the API.
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		s.mux.ServeHTTP(sw, r)
+		_, route := s.mux.Handler(r)
+		if route == "" || route == "/" {
+			route = "other" // bound the label's cardinality
+		}
+		s.requests.WithLabelValues(route, strconv.Itoa(sw.code)).Inc()
+		if s.log.Enabled(r.Context(), slog.LevelDebug) {
+			s.log.Debug("admin request", logkey.Method, r.Method, logkey.Op, r.URL.Path, logkey.Status, sw.code)
+		}
+	})
+}
+
+// statusWriter records the status code of a response.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+// WriteHeader records code and passes it on.
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// volumeCollector reports per-volume size and allocation at scrape time.
+type volumeCollector struct {
+	s          *Server
+	size, used *prometheus.Desc
+}
+
+func newVolumeCollector(s *Server) volumeCollector {
+	return volumeCollector{s: s,
+		size: prometheus.NewDesc("stave_volume_size_bytes", "Volume capacity in bytes.", []string{"volume"}, nil),
+		used: prometheus.NewDesc("stave_volume_allocated_bytes",
+			"Bytes of storage the volume's backing file occupies.", []string{"volume"}, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c volumeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.size
+	ch <- c.used
+}
+
+// Collect implements prometheus.Collector.
+func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
+	emit := func(d *prometheus.Desc, v float64, name string) {
+		if m, err := prometheus.NewConstMetric(d, prometheus.GaugeValue, v, name); err == nil {
+			ch <- m
+		}
+	}
+	for _, sp := range c.s.vols.List() {
+		emit(c.size, float64(sp.Size), sp.Name)
+		if n, err := filedev.Allocated(c.s.vols.DataPath(sp.Name)); err == nil {
+			emit(c.used, float64(n), sp.Name)
+		}
+	}
+}
+
+// ListenUnix creates the unix socket at path with mode 0600. A stale
+// socket file left by a dead daemon is replaced; a live one is an error
+// wrapping ErrSocketInUse.
+func ListenUnix(path string) (net.Listener, error) {
+	if len(path) > maxSocketPath {
+		return nil, fmt.Errorf("adminapi: socket path %s is %d bytes, longer than the %d a unix socket allows: use a shorter --api path",
+			path, len(path), maxSocketPath)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("%w: %s: stop the other 'stave serve' or use another --api", ErrSocketInUse, path)
+	}
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("adminapi: %s exists and is not a socket: remove it or use another --api", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("adminapi: %w", err)
+		}
+	}
+	// Create the socket with no group/other bits from the start. NB: the
+	// umask is process-wide; a file another goroutine creates meanwhile
+	// only gets stricter permissions. Call ListenUnix during start-up.
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("adminapi: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		_ = ln.Close()
+		return nil, fmt.Errorf("adminapi: %w", err)
+	}
+	return ln, nil
+}
+
+// Serve serves the API on ln until ctx is done, then shuts down, waiting
+// up to five seconds for requests in flight. It closes ln.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		// Requests in flight at shutdown finish (Shutdown bounds the wait)
+		// rather than stop half-way through a create or delete.
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	done := make(chan error, 1)
+	go func() { done <- hs.Serve(ln) }()
+	select {
+	case err := <-done:
+		return fmt.Errorf("adminapi: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	err := hs.Shutdown(sctx)
+	<-done
+	if err != nil {
+		_ = hs.Close()
+		return fmt.Errorf("adminapi: shutdown: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) volumes(w http.ResponseWriter, r *http.Request) {
+	switch r.Method {
+	case http.MethodGet:
+		specs := s.vols.List()
+		counts := s.sessionCounts()
+		out := make([]Volume, 0, len(specs))
+		for _, sp := range specs {
+			out = append(out, s.toVolume(sp, counts))
+		}
+		writeJSON(w, http.StatusOK, out)
+	case http.MethodPost:
+		var req CreateRequest
+		dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			writeError(w, http.StatusBadRequest, "bad JSON body for a volume create request: "+err.Error())
+			return
+		}
+		s.create(w, r, req)
+	default:
+		methodNotAllowed(w, "GET, POST")
+	}
+}
+
+func (s *Server) create(w http.ResponseWriter, r *http.Request, req CreateRequest) {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	sp, err := s.vols.Create(r.Context(), req)
+	if err != nil {
+		s.fail(w, "create volume", err)
+		return
+	}
+	if err := s.targets.Export(r.Context(), sp); err != nil {
+		s.log.Error("export of new volume failed; deleting it", logkey.Volume, sp.Name, logkey.Err, err)
+		if derr := s.vols.Delete(context.WithoutCancel(r.Context()), sp.Name); derr != nil {
+			s.log.Error("delete after failed export", logkey.Volume, sp.Name, logkey.Err, derr)
+		}
+		writeError(w, http.StatusInternalServerError, fmt.Sprintf("volume %q could not be exported: %v", sp.Name, err))
+		return
+	}
+	writeJSON(w, http.StatusCreated, s.toVolume(sp, nil))
+}
+
+func (s *Server) volume(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	switch r.Method {
+	case http.MethodGet:
+		sp, err := s.vols.Get(name)
+		if err != nil {
+			s.fail(w, "get volume", err)
+			return
+		}
+		writeJSON(w, http.StatusOK, s.toVolume(sp, s.sessionCounts()))
+	case http.MethodDelete:
+		s.opMu.Lock()
+		defer s.opMu.Unlock()
+		if _, err := s.vols.Get(name); err != nil {
+			s.fail(w, "delete volume", err)
+			return
+		}
+		if err := s.targets.Unexport(r.Context(), name); err != nil {
+			s.fail(w, "delete volume", fmt.Errorf("stopping the target of volume %q: %w", name, err))
+			return
+		}
+		if err := s.vols.Delete(r.Context(), name); err != nil {
+			s.fail(w, "delete volume", err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		methodNotAllowed(w, "GET, DELETE")
+	}
+}
+
+func (s *Server) sessions(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		methodNotAllowed(w, "GET")
+		return
+	}
+	ss := s.targets.Sessions()
+	if ss == nil {
+		ss = []Session{}
+	}
+	writeJSON(w, http.StatusOK, ss)
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		methodNotAllowed(w, "GET")
+		return
+	}
+	writeJSON(w, http.StatusOK, Health{Status: "ok", Version: s.version})
+}
+
+func (s *Server) sessionCounts() map[string]int {
+	m := make(map[string]int)
+	for _, ss := range s.targets.Sessions() {
+		if ss.TargetName != "" {
+			m[ss.TargetName]++
+		}
+	}
+	return m
+}
+
+func (s *Server) toVolume(sp *volume.Spec, counts map[string]int) Volume {
+	v := Volume{
+		Name: sp.Name, Target: sp.TargetName(), Size: sp.Size, BlockSize: sp.BlockSize,
+		Created: sp.Created, UUID: sp.UUID, Serial: sp.Serial, NAA: sp.NAA, ACL: sp.ACL,
+		Sessions: counts[sp.TargetName()], Exported: s.targets.Exported(sp.Name),
+	}
+	if sp.CHAP != nil {
+		v.CHAPUser = sp.CHAP.User
+		v.MutualCHAPUser = sp.CHAP.MutualUser
+	}
+	if n, err := filedev.Allocated(s.vols.DataPath(sp.Name)); err == nil {
+		v.Allocated = n
+	}
+	return v
+}
+
+// fail maps a catalogue error to a status and writes it.
+func (s *Server) fail(w http.ResponseWriter, op string, err error) {
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, volume.ErrInvalid):
+		code = http.StatusBadRequest
+	case errors.Is(err, volume.ErrNotFound):
+		code = http.StatusNotFound
+	case errors.Is(err, volume.ErrExists):
+		code = http.StatusConflict
+	}
+	if code == http.StatusInternalServerError {
+		s.log.Error("admin request failed", logkey.Op, op, logkey.Err, err)
+	}
+	writeError(w, code, userMessage(err))
+}
+
+// userMessage strips the "volume: <class>: " prefix of catalogue errors,
+// which the status code already conveys.
+func userMessage(err error) string {
+	msg := err.Error()
+	for _, e := range []error{volume.ErrInvalid, volume.ErrNotFound, volume.ErrExists} {
+		if rest, ok := strings.CutPrefix(msg, e.Error()+": "); ok {
+			return rest
+		}
+	}
+	return msg
+}
+
+func methodNotAllowed(w http.ResponseWriter, allow string) {
+	w.Header().Set("Allow", allow)
+	writeError(w, http.StatusMethodNotAllowed, "method not allowed: use "+allow)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, errorBody{Error: msg})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v) // The client has gone if this fails; nothing to do.
+}

@@ -1,0 +1,178 @@
+package adminapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// ErrUnreachable marks a failure to reach the daemon at all.
+var ErrUnreachable = errors.New("adminapi: daemon unreachable")
+
+// unreachableError says that the daemon could not be reached; it matches
+// ErrUnreachable with errors.Is.
+type unreachableError struct {
+	path string
+	err  error
+}
+
+// Error says which socket could not be reached and what to check.
+func (e *unreachableError) Error() string {
+	return fmt.Sprintf("cannot reach the daemon at %s (is 'stave serve' running? set --api or STAVE_API): %v", e.path, e.err)
+}
+
+// Is matches ErrUnreachable.
+func (e *unreachableError) Is(target error) bool { return target == ErrUnreachable }
+
+// Unwrap returns the dial error.
+func (e *unreachableError) Unwrap() error { return e.err }
+
+// APIError is an error response from the daemon.
+type APIError struct {
+	// StatusCode is the HTTP status.
+	StatusCode int
+	// Message says what went wrong and what to fix.
+	Message string
+}
+
+// Error returns the daemon's message.
+func (e *APIError) Error() string { return e.Message }
+
+// Client talks to the admin API. It is safe for concurrent use.
+type Client struct {
+	hc   *http.Client
+	path string
+}
+
+// SocketPath returns PATH from an address "unix:PATH".
+func SocketPath(addr string) (string, error) {
+	p, ok := strings.CutPrefix(addr, "unix:")
+	if !ok || p == "" {
+		return "", fmt.Errorf("%w: got %q", ErrBadAddress, addr)
+	}
+	return p, nil
+}
+
+// NewClient returns a client for the API at addr ("unix:PATH").
+func NewClient(addr string) (*Client, error) {
+	p, err := SocketPath(addr)
+	if err != nil {
+		return nil, err
+	}
+	d := net.Dialer{Timeout: 5 * time.Second}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "unix", p)
+		},
+		DisableCompression: true,
+	}
+	return &Client{hc: &http.Client{Transport: tr}, path: p}, nil
+}
+
+// do sends a request and decodes a JSON answer into out (when non-nil).
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("adminapi: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://stave"+path, body)
+	if err != nil {
+		return fmt.Errorf("adminapi: %w", err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return &unreachableError{path: c.path, err: err}
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("adminapi: reading response: %w", err)
+	}
+	if resp.StatusCode >= 300 {
+		var eb errorBody
+		if json.Unmarshal(b, &eb) != nil || eb.Error == "" {
+			eb.Error = fmt.Sprintf("daemon answered %s", resp.Status)
+		}
+		return &APIError{StatusCode: resp.StatusCode, Message: eb.Error}
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("adminapi: bad response: %w", err)
+		}
+	}
+	return nil
+}
+
+// CreateVolume creates a volume and returns it.
+func (c *Client) CreateVolume(ctx context.Context, req CreateRequest) (*Volume, error) {
+	v := new(Volume)
+	if err := c.do(ctx, http.MethodPost, "/v1/volumes", req, v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// ListVolumes returns every volume, sorted by name.
+func (c *Client) ListVolumes(ctx context.Context) ([]Volume, error) {
+	var vs []Volume
+	if err := c.do(ctx, http.MethodGet, "/v1/volumes", nil, &vs); err != nil {
+		return nil, err
+	}
+	return vs, nil
+}
+
+// GetVolume returns the named volume.
+func (c *Client) GetVolume(ctx context.Context, name string) (*Volume, error) {
+	v := new(Volume)
+	if err := c.do(ctx, http.MethodGet, "/v1/volumes/"+url.PathEscape(name), nil, v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// DeleteVolume closes the volume's sessions and deletes it.
+func (c *Client) DeleteVolume(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(name), nil, nil)
+}
+
+// Sessions returns the daemon's iSCSI sessions.
+func (c *Client) Sessions(ctx context.Context) ([]Session, error) {
+	var ss []Session
+	if err := c.do(ctx, http.MethodGet, "/v1/sessions", nil, &ss); err != nil {
+		return nil, err
+	}
+	return ss, nil
+}
+
+// Health returns the daemon's health and version.
+func (c *Client) Health(ctx context.Context) (*Health, error) {
+	h := new(Health)
+	if err := c.do(ctx, http.MethodGet, "/healthz", nil, h); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// Close releases idle connections.
+func (c *Client) Close() {
+	c.hc.CloseIdleConnections()
+}

@@ -1,0 +1,478 @@
+// Package volume is the catalogue of volumes under a Stave data directory,
+// used until the pool and etcd land.
+//
+// On-disk layout:
+//
+//	DATA/volumes/
+//	    <name>/
+//	        volume.json   Spec as JSON, mode 0600 (holds CHAP secrets)
+//	        data          sparse backing file, Spec.Size bytes (internal/filedev)
+//	        pr.json       persistent reservations (target/scsi/pr FileStore)
+//	    .tmp-<name>-<rand>/   a Create in progress (removed at Open)
+//	    .del-<name>-<rand>/   a Delete in progress (removed at Open)
+//
+// Create builds the volume in a temporary directory, syncs it, and renames
+// it into place, so a crash leaves either a whole volume or nothing under
+// its name. Delete renames the directory away before removing it.
+//
+// A Catalog is safe for concurrent use.
+package volume
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"stave.dev/stave/internal/filedev"
+	"stave.dev/stave/internal/logkey"
+)
+
+// Sentinel errors. Errors returned by Catalog wrap one of these, with a
+// message that says what to fix.
+var (
+	// ErrInvalid marks a request that fails validation.
+	ErrInvalid = errors.New("volume: invalid request")
+	// ErrExists means a volume of that name already exists.
+	ErrExists = errors.New("volume: already exists")
+	// ErrNotFound means no volume of that name exists.
+	ErrNotFound = errors.New("volume: not found")
+)
+
+// File names inside a volume directory.
+const (
+	SpecFile = "volume.json"
+	DataFile = "data"
+	PRFile   = "pr.json"
+)
+
+// DefaultBlockSize is the logical block size when a request leaves it zero.
+const DefaultBlockSize = 512
+
+const (
+	volumesDir = "volumes"
+	tmpPrefix  = ".tmp-"
+	delPrefix  = ".del-"
+)
+
+// stavecid is the IEEE company ID placed in NAA-6 designators. It has the
+// X bit (0x02 of the first octet) set: a locally assigned CID, not an OUI
+// bought from the IEEE (IEEE "Guidelines for use of EUI, OUI, and CID").
+const stavecid = 0x535456 // "STV"
+
+// CHAP holds CHAP credentials for one volume (RFC 7143 §12.1.3). User and
+// Secret authenticate the initiator; MutualUser and MutualSecret, when
+// set, are what the target answers with to authenticate itself.
+type CHAP struct {
+	User         string `json:"user"`
+	Secret       string `json:"secret"`
+	MutualUser   string `json:"mutual_user,omitempty"`
+	MutualSecret string `json:"mutual_secret,omitempty"`
+}
+
+// Spec is what volume.json holds: a volume's identity and access rules.
+type Spec struct {
+	Name      string    `json:"name"`
+	Size      int64     `json:"size"`
+	BlockSize int       `json:"block_size"`
+	Created   time.Time `json:"created"`
+	UUID      string    `json:"uuid"`
+	// Serial is the SCSI unit serial number (VPD page 0x80).
+	Serial string `json:"serial"`
+	// NAA is the 16-byte NAA-6 designator (VPD page 0x83) in 32 hex digits.
+	NAA string `json:"naa"`
+	// ACL lists the initiator names allowed to log in; empty allows any.
+	ACL  []string `json:"acl,omitempty"`
+	CHAP *CHAP    `json:"chap,omitempty"`
+}
+
+// NAAID returns the NAA designator as bytes.
+func (s *Spec) NAAID() ([16]byte, error) {
+	var id [16]byte
+	b, err := hex.DecodeString(s.NAA)
+	if err != nil || len(b) != 16 {
+		return id, fmt.Errorf("volume: %s: bad NAA id %q", s.Name, s.NAA)
+	}
+	copy(id[:], b)
+	return id, nil
+}
+
+// TargetName returns the iSCSI target name that exports the volume.
+func (s *Spec) TargetName() string { return TargetName(s.Name) }
+
+// CreateRequest asks for a new volume.
+type CreateRequest struct {
+	Name string `json:"name"`
+	// Size in bytes: positive and a multiple of BlockSize.
+	Size int64 `json:"size"`
+	// BlockSize is 512 (default when zero) or 4096.
+	BlockSize int `json:"block_size,omitempty"`
+	// ACL lists allowed initiator names; empty allows any.
+	ACL []string `json:"acl,omitempty"`
+	// CHAP enables one-way CHAP (and mutual CHAP when its Mutual fields are set).
+	CHAP *CHAP `json:"chap,omitempty"`
+}
+
+// Validate checks the request and returns an error wrapping ErrInvalid
+// that says what to fix.
+func (r *CreateRequest) Validate() error {
+	if err := ValidateName(r.Name); err != nil {
+		return err
+	}
+	bs := r.BlockSize
+	if bs == 0 {
+		bs = DefaultBlockSize
+	}
+	if bs != 512 && bs != 4096 {
+		return fmt.Errorf("%w: block size %d: use 512 or 4096", ErrInvalid, r.BlockSize)
+	}
+	if r.Size <= 0 {
+		return fmt.Errorf("%w: size %d: give a positive size such as 1GiB", ErrInvalid, r.Size)
+	}
+	if r.Size%int64(bs) != 0 {
+		return fmt.Errorf("%w: size %d bytes is not a multiple of the %d-byte block size: round it up to %d",
+			ErrInvalid, r.Size, bs, (r.Size/int64(bs)+1)*int64(bs))
+	}
+	for _, a := range r.ACL {
+		if err := ValidateInitiatorName(a); err != nil {
+			return err
+		}
+	}
+	if c := r.CHAP; c != nil {
+		if err := ValidateCHAP("CHAP", c.User, c.Secret); err != nil {
+			return err
+		}
+		if c.MutualUser != "" || c.MutualSecret != "" {
+			if err := ValidateCHAP("mutual CHAP", c.MutualUser, c.MutualSecret); err != nil {
+				return err
+			}
+			// RFC 7143 §12.1.3: a secret used to authenticate initiators
+			// MUST NOT be used to authenticate targets.
+			if c.MutualSecret == c.Secret {
+				return fmt.Errorf("%w: mutual CHAP secret equals the CHAP secret: use a different one (RFC 7143 §12.1.3)", ErrInvalid)
+			}
+		}
+	}
+	return nil
+}
+
+// Config configures a Catalog.
+type Config struct {
+	// Dir is the data directory; volumes live in Dir/volumes.
+	Dir string
+	// Logger receives state transitions; nil discards.
+	Logger *slog.Logger
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+	// Rand supplies UUIDs; nil means crypto/rand.
+	Rand io.Reader
+}
+
+// Catalog is the set of volumes in a data directory.
+type Catalog struct {
+	dir  string // Dir/volumes
+	log  *slog.Logger
+	now  func() time.Time
+	rand io.Reader
+
+	mu struct {
+		sync.Mutex
+		specs map[string]*Spec
+	}
+}
+
+// Open loads every volume under cfg.Dir/volumes, creating the directory if
+// needed and removing leftovers of interrupted Create and Delete calls. A
+// volume whose spec cannot be read is logged at Error and skipped.
+func Open(cfg Config) (*Catalog, error) {
+	c := &Catalog{dir: filepath.Join(cfg.Dir, volumesDir), log: cfg.Logger, now: cfg.Now, rand: cfg.Rand}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if c.rand == nil {
+		c.rand = rand.Reader
+	}
+	c.mu.specs = make(map[string]*Spec)
+	if err := os.MkdirAll(c.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("volume: %w", err)
+	}
+	ents, err := os.ReadDir(c.dir)
+	if err != nil {
+		return nil, fmt.Errorf("volume: %w", err)
+	}
+	for _, e := range ents {
+		p := filepath.Join(c.dir, e.Name())
+		if strings.HasPrefix(e.Name(), tmpPrefix) || strings.HasPrefix(e.Name(), delPrefix) {
+			c.log.Info("removing leftover of an interrupted volume operation", logkey.Path, p)
+			if err := os.RemoveAll(p); err != nil {
+				return nil, fmt.Errorf("volume: %w", err)
+			}
+			continue
+		}
+		if !e.IsDir() || ValidateName(e.Name()) != nil {
+			continue
+		}
+		s, err := readSpec(p)
+		if err == nil && s.Name != e.Name() {
+			err = fmt.Errorf("volume: %s: spec names volume %q", p, s.Name)
+		}
+		if err != nil {
+			c.log.Error("skipping unreadable volume", logkey.Volume, e.Name(), logkey.Err, err)
+			continue
+		}
+		c.mu.specs[s.Name] = s
+	}
+	return c, nil
+}
+
+func readSpec(dir string) (*Spec, error) {
+	b, err := os.ReadFile(filepath.Join(dir, SpecFile))
+	if err != nil {
+		return nil, fmt.Errorf("volume: %w", err)
+	}
+	s := new(Spec)
+	if err := json.Unmarshal(b, s); err != nil {
+		return nil, fmt.Errorf("volume: %s: %w", dir, err)
+	}
+	if _, err := s.NAAID(); err != nil {
+		return nil, err
+	}
+	if ValidateName(s.Name) != nil || s.Size <= 0 || s.BlockSize <= 0 {
+		return nil, fmt.Errorf("volume: %s: invalid spec", dir)
+	}
+	return s, nil
+}
+
+// Dir returns the directory of the named volume (which may not exist).
+func (c *Catalog) Dir(name string) string { return filepath.Join(c.dir, name) }
+
+// DataPath returns the path of the volume's backing file.
+func (c *Catalog) DataPath(name string) string { return filepath.Join(c.dir, name, DataFile) }
+
+// PRPath returns the path of the volume's persistent-reservation state.
+func (c *Catalog) PRPath(name string) string { return filepath.Join(c.dir, name, PRFile) }
+
+// Create validates req and makes the volume atomically. It returns the
+// new spec. Errors wrap ErrInvalid or ErrExists, or are I/O errors.
+func (c *Catalog) Create(ctx context.Context, req CreateRequest) (*Spec, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if req.BlockSize == 0 {
+		req.BlockSize = DefaultBlockSize
+	}
+	var u [16]byte
+	if _, err := io.ReadFull(c.rand, u[:]); err != nil {
+		return nil, fmt.Errorf("volume: random: %w", err)
+	}
+	u[6] = u[6]&0x0f | 0x40 // RFC 9562 version 4
+	u[8] = u[8]&0x3f | 0x80 // variant 10
+	s := &Spec{
+		Name:      req.Name,
+		Size:      req.Size,
+		BlockSize: req.BlockSize,
+		Created:   c.now().UTC().Truncate(time.Second),
+		UUID:      formatUUID(u),
+		Serial:    hex.EncodeToString(u[:])[:20],
+		NAA:       hex.EncodeToString(naa6(u)),
+		ACL:       slices.Clone(req.ACL),
+	}
+	if req.CHAP != nil {
+		ch := *req.CHAP
+		s.CHAP = &ch
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	final := c.Dir(s.Name)
+	if _, ok := c.mu.specs[s.Name]; ok {
+		return nil, fmt.Errorf("%w: volume %q already exists: choose another name or delete it first", ErrExists, s.Name)
+	}
+	if _, err := os.Lstat(final); err == nil {
+		return nil, fmt.Errorf("%w: %s is in the way (an unreadable volume?): remove it or choose another name", ErrExists, final)
+	}
+	tmp, err := os.MkdirTemp(c.dir, tmpPrefix+s.Name+"-")
+	if err != nil {
+		return nil, fmt.Errorf("volume: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = os.RemoveAll(tmp)
+		}
+	}()
+	if err := filedev.Create(filepath.Join(tmp, DataFile), s.Size); err != nil {
+		if errors.Is(err, syscall.EFBIG) || errors.Is(err, syscall.EINVAL) {
+			return nil, fmt.Errorf("%w: size %d bytes is more than the file system under %s allows for one file: choose a smaller size",
+				ErrInvalid, s.Size, c.dir)
+		}
+		return nil, fmt.Errorf("volume: %s: %w", s.Name, err)
+	}
+	if err := writeSpec(tmp, s); err != nil {
+		return nil, err
+	}
+	if err := syncDir(tmp); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return nil, fmt.Errorf("volume: %w", err)
+	}
+	ok = true
+	if err := syncDir(c.dir); err != nil {
+		return nil, err
+	}
+	c.mu.specs[s.Name] = s
+	c.log.Info("volume created", logkey.Volume, s.Name, logkey.Size, s.Size)
+	cp := s.clone()
+	return cp, nil
+}
+
+func writeSpec(dir string, s *Spec) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return fmt.Errorf("volume: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, SpecFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("volume: %w", err)
+	}
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("volume: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("volume: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("volume: %w", err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("volume: %w", err)
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("volume: sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+func (s *Spec) clone() *Spec {
+	cp := *s
+	cp.ACL = slices.Clone(s.ACL)
+	if s.CHAP != nil {
+		ch := *s.CHAP
+		cp.CHAP = &ch
+	}
+	return &cp
+}
+
+// List returns a copy of every volume's spec, sorted by name.
+func (c *Catalog) List() []*Spec {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]*Spec, 0, len(c.mu.specs))
+	for _, s := range c.mu.specs {
+		out = append(out, s.clone())
+	}
+	slices.SortFunc(out, func(a, b *Spec) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Get returns a copy of the named volume's spec, or an error wrapping
+// ErrNotFound.
+func (c *Catalog) Get(name string) (*Spec, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.mu.specs[name]
+	if !ok {
+		return nil, notFound(name)
+	}
+	return s.clone(), nil
+}
+
+func notFound(name string) error {
+	return fmt.Errorf("%w: no volume named %q: see 'stave volume list'", ErrNotFound, name)
+}
+
+// Delete removes the named volume and its data. The caller stops serving
+// it first. Errors wrap ErrNotFound or are I/O errors.
+func (c *Catalog) Delete(ctx context.Context, name string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.mu.specs[name]; !ok {
+		return notFound(name)
+	}
+	var r [6]byte
+	if _, err := io.ReadFull(c.rand, r[:]); err != nil {
+		return fmt.Errorf("volume: random: %w", err)
+	}
+	gone := filepath.Join(c.dir, delPrefix+name+"-"+hex.EncodeToString(r[:]))
+	if err := os.Rename(c.Dir(name), gone); err != nil {
+		return fmt.Errorf("volume: delete %s: %w", name, err)
+	}
+	delete(c.mu.specs, name)
+	if err := syncDir(c.dir); err != nil {
+		c.log.Warn("volume delete: sync", logkey.Err, err)
+	}
+	if err := os.RemoveAll(gone); err != nil {
+		// The volume is gone from the catalogue; Open removes the rest.
+		c.log.Warn("volume delete: remove", logkey.Path, gone, logkey.Err, err)
+	}
+	c.log.Info("volume deleted", logkey.Volume, name)
+	return nil
+}
+
+func formatUUID(u [16]byte) string {
+	h := hex.EncodeToString(u[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// naa6 builds an NAA IEEE Registered Extended designator (SPC-4 §7.8.6.6.6):
+//
+//	byte 0      NAA (6) << 4 | company ID bits 23..20
+//	bytes 1-2   company ID bits 19..4
+//	byte 3      company ID bits 3..0 << 4 | vendor specific identifier bits 35..32
+//	bytes 4-7   vendor specific identifier bits 31..0
+//	bytes 8-15  vendor specific identifier extension
+//
+// The 100 vendor-specific bits come from the volume's random UUID.
+func naa6(u [16]byte) []byte {
+	b := make([]byte, 16)
+	cid := uint32(stavecid)
+	b[0] = 0x60 | byte(cid>>20)&0x0f
+	b[1] = byte(cid >> 12)
+	b[2] = byte(cid >> 4)
+	b[3] = byte(cid&0x0f)<<4 | u[0]&0x0f
+	copy(b[4:8], u[1:5])
+	copy(b[8:16], u[8:16])
+	return b
+}
