@@ -1,0 +1,6 @@
+//go:build race
+
+package iscsi
+
+// raceEnabled is true when tests run with -race (which allocates).
+const raceEnabled = true
