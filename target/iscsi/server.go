@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,9 +46,10 @@ type Target struct {
 	Device scsi.Device
 }
 
-// allows reports whether initiator may use t.
+// allows reports whether initiator may use t. iSCSI names compare without
+// regard to case (RFC 3722 maps them to lower case), as the login ACL check does.
 func (t *Target) allows(initiator string) bool {
-	return len(t.ACL) == 0 || slices.Contains(t.ACL, initiator)
+	return len(t.ACL) == 0 || slices.ContainsFunc(t.ACL, func(a string) bool { return strings.EqualFold(a, initiator) })
 }
 
 // TargetSource resolves targets; the server calls it at login and for
