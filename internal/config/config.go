@@ -1,0 +1,415 @@
+// Package config is the configuration of the daemon, `stave serve`: one
+// YAML file (/etc/stave/stave.yaml by default) whose options mirror the
+// command-line flags, and flags that override it.
+//
+// The order is fixed:
+//
+//  1. Default() returns every option at its default.
+//  2. Load or LoadFile decodes the file over those defaults. Decoding is
+//     strict: an unknown key, a value of the wrong type or a second
+//     document is an error naming the file, the line and the key.
+//  3. Merge copies the flags the operator set explicitly over the file's
+//     values (an unset flag never overrides the file).
+//  4. Finish fills the options whose defaults derive from others (the API
+//     socket lives in the data directory) and validates everything. Its
+//     error lists every problem, each saying what to change and, for
+//     values from the file, on which line.
+//
+// Print renders the effective configuration as YAML (`stave serve
+// --print-config`), with secrets redacted. docs/configuration.md is
+// generated from the field comments and tags below by this package's
+// tests (`go test ./internal/config -update` rewrites it).
+//
+// Tags on Config's fields: `yaml` is the key, `flag` the `stave serve`
+// flag that overrides it (empty: file only), `default` the default to
+// document where Default's value would not say it ('x' becomes `x`).
+//
+// The package reads no flags and no environment: cmd/stave passes the
+// flags in through the Flags interface, which *cli.Context satisfies.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DefaultPath is where the daemon looks for its configuration file.
+const DefaultPath = "/etc/stave/stave.yaml"
+
+// Defaults of the options, as documented in docs/configuration.md.
+const (
+	DefaultDataDir     = "./stave-data"
+	DefaultPortal      = "[::]:3260"
+	DefaultSocketName  = "stave.sock"
+	DefaultLogLevel    = "info"
+	DefaultLogFormat   = "text"
+	DefaultQueueDepth  = 128
+	DefaultGCInterval  = 10 * time.Second
+	MinCHAPSecret      = 12
+	MaxCHAPSecret      = 255
+	MaxQueueDepth      = 4096
+	maxUnixSocketPath  = 107 // sun_path is 108 bytes with the NUL
+	redacted           = "<redacted>"
+	defaultISCSIPort   = 3260
+	minValidPortNumber = 1
+)
+
+// ErrInvalid marks every validation error returned by Finish.
+var ErrInvalid = errors.New("config: invalid configuration")
+
+// Config is the whole configuration of `stave serve`. The zero value is
+// not usable: start from Default.
+type Config struct {
+	// Directory for the daemon's state: volumes, the pool's index and
+	// the admin API socket (unless api says otherwise). Created, mode
+	// 0700, if missing; one daemon per directory.
+	DataDir string `yaml:"data_dir" flag:"data-dir"`
+	// iSCSI portals: the addresses the target listens on, each with the
+	// address SendTargets announces for it.
+	Portals []Portal `yaml:"portals" default:"one: listen '[::]:3260'"`
+	// Admin API address, `unix:PATH`; the socket is created mode 0600.
+	API string `yaml:"api" flag:"api" default:"'unix:<data_dir>/stave.sock'"`
+	// CHAP credentials that discovery (SendTargets) sessions must
+	// present; absent: discovery needs no CHAP.
+	DiscoveryCHAP *CHAP `yaml:"discovery_chap,omitempty" flag:"discovery-chap" default:"none"`
+	// Logging to standard error.
+	Log Log `yaml:"log"`
+	// iSCSI session settings.
+	ISCSI ISCSI `yaml:"iscsi"`
+	// TCP listener for the admin API and /metrics (not used yet: the
+	// API listens on the unix socket only).
+	HTTP HTTP `yaml:"http"`
+	// Pool (block store) settings; the pool itself is created with
+	// `stave pool create` and lives in `<data_dir>/pool`.
+	Pool Pool `yaml:"pool"`
+
+	src *source // where values came from, for error positions; may be nil
+}
+
+// Portal is one iSCSI listen address.
+type Portal struct {
+	// Address to listen on, `HOST:PORT`; `[::]:3260` is every address
+	// (IPv4 and IPv6).
+	Listen string `yaml:"listen" flag:"portal"`
+	// Address SendTargets announces for this portal, `HOST:PORT`, e.g.
+	// the node's public address behind NAT. Without it, SendTargets
+	// announces listen or, for a wildcard listen address, the address
+	// the initiator connected to. The flag is matched to --portal by
+	// position.
+	Advertise string `yaml:"advertise,omitempty" flag:"advertise" default:"listen, see meaning"`
+}
+
+// CHAP is a CHAP user name and secret.
+type CHAP struct {
+	// CHAP user name. The flag takes `USER:SECRET`.
+	User string `yaml:"user"`
+	// CHAP secret, 12 to 255 characters (Windows initiators need 12 to 16).
+	Secret string `yaml:"secret"`
+}
+
+// Log configures the daemon's structured log.
+type Log struct {
+	// Least severe level logged: debug, info, warn or error.
+	Level string `yaml:"level" flag:"log-level"`
+	// Line format: text (logfmt) or json.
+	Format string `yaml:"format" flag:"log-format"`
+}
+
+// ISCSI configures sessions and connections.
+type ISCSI struct {
+	// Idle time after which the target pings the initiator with a
+	// NOP-In; 0 disables pings.
+	NOPInterval time.Duration `yaml:"nop_interval" flag:"nop-interval"`
+	// How long to wait for the answer to a NOP-In ping before dropping
+	// the connection; 0 means nop_interval.
+	NOPTimeout time.Duration `yaml:"nop_timeout" flag:"nop-timeout" default:"nop_interval"`
+	// Commands one session may have outstanding (the CmdSN window),
+	// 1 to 4096.
+	QueueDepth int `yaml:"queue_depth" flag:"queue-depth"`
+}
+
+// HTTP configures the admin API's TCP listener (future).
+type HTTP struct {
+	// Address `HOST:PORT` for the admin API and /metrics over TCP;
+	// empty: no TCP listener.
+	Listen string `yaml:"listen" flag:"http-listen"`
+	// File holding the bearer token that TCP clients must send;
+	// required with listen.
+	TokenFile string `yaml:"token_file" flag:"http-token-file"`
+}
+
+// Pool configures the pool's background work.
+type Pool struct {
+	// Rate of the background scrub, a size per second (e.g. 50MiB);
+	// 0 disables the background scrub.
+	ScrubRate Size `yaml:"scrub_rate" flag:"scrub-rate"`
+	// Period of the background cleaner (garbage collection).
+	GCInterval time.Duration `yaml:"gc_interval" flag:"gc-interval"`
+}
+
+// Default returns the configuration used when there is no file and no
+// flag: a single node serving on [::]:3260 from ./stave-data.
+func Default() *Config {
+	return &Config{
+		DataDir: DefaultDataDir,
+		Portals: []Portal{{Listen: DefaultPortal}},
+		Log:     Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
+		ISCSI:   ISCSI{QueueDepth: DefaultQueueDepth},
+		Pool:    Pool{GCInterval: DefaultGCInterval},
+	}
+}
+
+// SocketPath returns the path of the admin API's unix socket. Call it
+// after Finish.
+func (c *Config) SocketPath() string {
+	return strings.TrimPrefix(c.API, "unix:")
+}
+
+// Clone returns a deep copy of c.
+func (c *Config) Clone() *Config {
+	d := *c
+	d.src = c.src.clone()
+	d.Portals = append([]Portal(nil), c.Portals...)
+	if c.DiscoveryCHAP != nil {
+		a := *c.DiscoveryCHAP
+		d.DiscoveryCHAP = &a
+	}
+	return &d
+}
+
+// Finish fills the options whose defaults derive from others and
+// validates c. The error wraps ErrInvalid and lists every problem found,
+// one per line, each naming the option and saying what to change.
+func (c *Config) Finish() error {
+	return c.finish(c.src)
+}
+
+// finish is Finish, prefixing each problem with its file position when
+// src knows it.
+func (c *Config) finish(src *source) error {
+	if c.API == "" && c.DataDir != "" {
+		c.API = "unix:" + strings.TrimSuffix(c.DataDir, "/") + "/" + DefaultSocketName
+	}
+	if c.ISCSI.NOPTimeout == 0 {
+		c.ISCSI.NOPTimeout = c.ISCSI.NOPInterval
+	}
+	var v validator
+	c.validate(&v)
+	return v.err(src)
+}
+
+// problem is one validation failure: the option's YAML path
+// (portals[1].listen) and what is wrong with it.
+type problem struct {
+	path, msg string
+}
+
+type validator struct{ problems []problem }
+
+func (v *validator) addf(path, format string, args ...any) {
+	v.problems = append(v.problems, problem{path, fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) err(src *source) error {
+	if len(v.problems) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString(ErrInvalid.Error())
+	for _, p := range v.problems {
+		b.WriteString("\n  ")
+		if pos := src.position(p.path); pos != "" {
+			b.WriteString(pos)
+			b.WriteString(": ")
+		}
+		b.WriteString(p.path)
+		b.WriteString(": ")
+		b.WriteString(p.msg)
+	}
+	return &Error{msg: b.String()}
+}
+
+// Error is a configuration error. It wraps ErrInvalid when the problem is
+// a value (not a file that cannot be read).
+type Error struct{ msg string }
+
+func (e *Error) Error() string { return e.msg }
+
+// Unwrap makes errors.Is(err, ErrInvalid) true.
+func (e *Error) Unwrap() error { return ErrInvalid }
+
+func (c *Config) validate(v *validator) {
+	if c.DataDir == "" {
+		v.addf("data_dir", "is empty: give a directory, e.g. /var/lib/stave")
+	}
+	if len(c.Portals) == 0 {
+		v.addf("portals", "none: give at least one, e.g. - listen: %q", DefaultPortal)
+	}
+	seen := map[string]int{}
+	for i, p := range c.Portals {
+		path := fmt.Sprintf("portals[%d]", i)
+		key, ok := checkHostPort(v, path+".listen", p.Listen, true)
+		if ok {
+			if j, dup := seen[key]; dup {
+				v.addf(path+".listen", "%q duplicates portals[%d]: give each address once", p.Listen, j)
+			}
+			seen[key] = i
+		}
+		if p.Advertise != "" {
+			checkHostPort(v, path+".advertise", p.Advertise, false)
+		}
+	}
+	switch path, ok := strings.CutPrefix(c.API, "unix:"); {
+	case !ok || path == "":
+		v.addf("api", "%q: use unix:PATH, e.g. unix:/run/stave/stave.sock", c.API)
+	case len(path) > maxUnixSocketPath:
+		v.addf("api", "socket path is %d bytes, more than a unix socket allows (%d): use a shorter path", len(path), maxUnixSocketPath)
+	}
+	if a := c.DiscoveryCHAP; a != nil {
+		checkCHAP(v, "discovery_chap", a.User, a.Secret)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		v.addf("log.level", "%q: use debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		v.addf("log.format", "%q: use text or json", c.Log.Format)
+	}
+	if c.ISCSI.NOPInterval < 0 {
+		v.addf("iscsi.nop_interval", "%s is negative: use 0 (no pings) or a duration such as 10s", c.ISCSI.NOPInterval)
+	} else if c.ISCSI.NOPInterval > 0 && c.ISCSI.NOPInterval < time.Second {
+		v.addf("iscsi.nop_interval", "%s is under 1s: use at least 1s, or 0 for no pings", c.ISCSI.NOPInterval)
+	}
+	if c.ISCSI.NOPTimeout < 0 {
+		v.addf("iscsi.nop_timeout", "%s is negative: use a duration such as 10s", c.ISCSI.NOPTimeout)
+	} else if c.ISCSI.NOPTimeout > 0 && c.ISCSI.NOPInterval == 0 {
+		v.addf("iscsi.nop_timeout", "is set but nop_interval is 0 (no pings): set nop_interval too, or remove nop_timeout")
+	}
+	if q := c.ISCSI.QueueDepth; q < 1 || q > MaxQueueDepth {
+		v.addf("iscsi.queue_depth", "%d: use 1 to %d", q, MaxQueueDepth)
+	}
+	if c.HTTP.Listen != "" {
+		checkHostPort(v, "http.listen", c.HTTP.Listen, true)
+		if c.HTTP.TokenFile == "" {
+			v.addf("http.token_file", "is empty while http.listen is set: give a file holding the API token")
+		}
+	}
+	if c.Pool.ScrubRate < 0 {
+		v.addf("pool.scrub_rate", "%s is negative: use 0 (off) or a rate such as 50MiB", c.Pool.ScrubRate)
+	}
+	if c.Pool.GCInterval <= 0 {
+		v.addf("pool.gc_interval", "%s: use a positive duration such as 10s", c.Pool.GCInterval)
+	}
+}
+
+// checkHostPort validates a HOST:PORT option. A listen address may have
+// an empty host (every address) and port 0 (any free port, for tests);
+// an announced address needs both. It returns a canonical form of the
+// address for duplicate detection.
+func checkHostPort(v *validator, path, addr string, listen bool) (string, bool) {
+	example := "e.g. 0.0.0.0:3260 or [::]:3260"
+	if !listen {
+		example = "e.g. 192.0.2.10:3260 or [2001:db8::10]:3260"
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		if _, perr := strconv.Atoi(addr); perr == nil || !strings.Contains(addr, ":") {
+			v.addf(path, "%q has no port: use HOST:PORT, %s", addr, example)
+		} else {
+			v.addf(path, "%q: use HOST:PORT with an IPv6 host in brackets, %s", addr, example)
+		}
+		return "", false
+	}
+	n, err := strconv.Atoi(port)
+	min := minValidPortNumber
+	if listen {
+		min = 0
+	}
+	if err != nil || n < min || n > 65535 {
+		v.addf(path, "port %q of %q is out of range: use %d to 65535 (iSCSI's is %d)", port, addr, min, defaultISCSIPort)
+		return "", false
+	}
+	if host == "" {
+		if !listen {
+			v.addf(path, "%q has no host: give the address initiators connect to, %s", addr, example)
+			return "", false
+		}
+		return net.JoinHostPort("", port), true
+	}
+	if ip := net.ParseIP(strings.SplitN(host, "%", 2)[0]); ip != nil {
+		if !listen && ip.IsUnspecified() {
+			v.addf(path, "%q is a wildcard address: announce an address initiators can reach, %s", addr, example)
+			return "", false
+		}
+		return net.JoinHostPort(ip.String(), port), true
+	}
+	if !validHostname(host) {
+		v.addf(path, "host %q of %q is neither an IP address nor a host name: %s", host, addr, example)
+		return "", false
+	}
+	return net.JoinHostPort(strings.ToLower(host), port), true
+}
+
+// validHostname reports whether h is a DNS name (RFC 1123 labels).
+func validHostname(h string) bool {
+	if len(h) == 0 || len(h) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(strings.TrimSuffix(h, "."), ".") {
+		if len(l) == 0 || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for _, r := range l {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// checkCHAP applies the rules of internal/volume.ValidateCHAP (the same
+// limits as volume CHAP), without importing it.
+func checkCHAP(v *validator, path, user, secret string) {
+	if user == "" {
+		v.addf(path+".user", "is empty: give the CHAP user name")
+	}
+	if strings.ContainsAny(user, "\x00\n\r") {
+		v.addf(path+".user", "contains NUL or a line break: remove it")
+	}
+	if strings.ContainsAny(secret, "\x00\n\r") {
+		v.addf(path+".secret", "contains NUL or a line break: remove it")
+	}
+	if n := len(secret); n < MinCHAPSecret || n > MaxCHAPSecret {
+		v.addf(path+".secret", "is %d characters: use %d to %d (RFC 7143 recommends at least 12; Windows initiators need 12 to 16)",
+			n, MinCHAPSecret, MaxCHAPSecret)
+	}
+}
+
+// ParseCHAP parses the `USER:SECRET` form of the --discovery-chap flag.
+// The secret may contain colons; the user may not.
+func ParseCHAP(s string) (*CHAP, error) {
+	u, p, ok := strings.Cut(s, ":")
+	if !ok {
+		return nil, fmt.Errorf("%w: %q: use USER:SECRET", ErrInvalid, redactSecret(s))
+	}
+	return &CHAP{User: u, Secret: p}, nil
+}
+
+// redactSecret hides everything after the first colon.
+func redactSecret(s string) string {
+	if u, _, ok := strings.Cut(s, ":"); ok {
+		return u + ":" + redacted
+	}
+	if len(s) > 0 {
+		return redacted
+	}
+	return s
+}
