@@ -10,11 +10,12 @@ HOST     ?= 127.0.0.1
 PORT     ?= $(lastword $(subst :, ,$(PORTAL)))
 API      := unix:$(DATA)/stave.sock
 FUZZTIME ?= 60s
-DEB_DEPS := libiscsi-bin tgt qemu-system-x86 qemu-utils debootstrap sg3-utils e2fsprogs cpio kmod
+# qemu-block-extra holds qemu-io/qemu-img's iscsi:// driver (only a Recommends of qemu-utils).
+DEB_DEPS := libiscsi-bin tgt qemu-system-x86 qemu-utils qemu-block-extra debootstrap sg3-utils e2fsprogs cpio kmod
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_IQN := iqn.2026-11.dev.stave:demo
 
-.PHONY: all build run deps test unit fmt-check vet fuzz-short e2e conformance fuzz clean
+.PHONY: all build run deps test unit fmt-check vet fuzz-short e2e conformance fuzz bench package clean
 
 all: build
 
@@ -89,5 +90,20 @@ test: deps build fmt-check vet unit fuzz-short e2e
 conformance: build
 	bash tools/conformance/run.sh --stave-bin $(BIN) $(CONFORMANCE_ARGS)
 
+# bench runs the Stave-vs-tgt matrix and rewrites the results in docs/benchmarks.md;
+# extra options (e.g. -runs 5) in BENCH_ARGS.
+bench: deps build
+	$(GO) run ./tools/bench -stave-bin $(BIN) -out docs/benchmarks.md $(BENCH_ARGS)
+
+# package builds the .deb with nfpm (pinned: later versions do not build from the module proxy).
+NFPM        ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+PKG_VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null) && echo "$${v#v}" | sed 's/-\([0-9]*\)-g/+\1.g/' || echo 0.0.0~git$$(git rev-parse --short HEAD))
+PKG_ARCH    ?= $(shell $(GO) env GOARCH)
+package:
+	rm -rf dist && mkdir -p dist
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(PKG_ARCH) $(GO) build -trimpath -ldflags=-s -o $(BIN) ./cmd/stave
+	STAVE_VERSION=$(PKG_VERSION) GOARCH=$(PKG_ARCH) $(NFPM) pkg --packager deb --config packaging/nfpm.yaml --target dist/
+	dpkg-deb -c dist/stave_*.deb
+
 clean:
-	rm -rf bin
+	rm -rf bin dist
