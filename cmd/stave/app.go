@@ -87,6 +87,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 							&cli.StringFlag{Name: "chap", Usage: "one-way CHAP credentials `USER:SECRET` (secret 12 to 255 characters)"},
 							&cli.StringFlag{Name: "mutual-chap", Usage: "target's CHAP credentials `USER:SECRET` for mutual CHAP"},
 							&cli.IntFlag{Name: "block-size", Value: volume.DefaultBlockSize, Usage: "logical block size in `BYTES`: 512 or 4096"},
+							&cli.StringFlag{Name: "policy", Usage: "erasure-coding `K+M` of a pool volume, e.g. 2+1 (default: from the pool's device count)"},
 						},
 						Action: volumeCreate,
 					},
@@ -94,8 +95,14 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 					{Name: "show", Usage: "show one volume", ArgsUsage: "NAME", Action: volumeShow},
 					{Name: "delete", Aliases: []string{"rm"}, Usage: "close a volume's sessions and delete it with its data",
 						ArgsUsage: "NAME", Action: volumeDelete},
+					{Name: "clone", Usage: "create a new pool volume from a snapshot (same size, policy, ACL and CHAP)",
+						ArgsUsage: "VOLUME SNAPSHOT NEWVOLUME (or VOLUME@SNAPSHOT NEWVOLUME)", Action: volumeClone},
+					{Name: "revert", Usage: "set a pool volume back to a snapshot; refused while initiators are logged in to it",
+						ArgsUsage: "VOLUME SNAPSHOT (or VOLUME@SNAPSHOT)", Action: volumeRevert},
 				},
 			},
+			snapshotCommand(),
+			poolCommand(),
 			{
 				Name:  "session",
 				Usage: "inspect iSCSI sessions",
@@ -165,7 +172,8 @@ func volumeCreate(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("--size: %w", err)
 	}
-	req := adminapi.CreateRequest{Name: name, Size: size, BlockSize: c.Int("block-size"), ACL: c.StringSlice("allow")}
+	req := adminapi.CreateRequest{Name: name, Size: size, BlockSize: c.Int("block-size"), ACL: c.StringSlice("allow"),
+		Policy: c.String("policy")}
 	if s := c.String("chap"); s != "" {
 		u, p, err := parseCred("chap", s)
 		if err != nil {
@@ -201,7 +209,11 @@ func volumeCreate(c *cli.Context) error {
 	if o == "json" {
 		return writeJSON(c.App.Writer, v)
 	}
-	fmt.Fprintf(c.App.Writer, "created volume %s (%s), target %s LUN %d\n", v.Name, formatSize(v.Size), v.Target, v.LUN)
+	where := "in a sparse file"
+	if v.Backend == volume.BackendPool {
+		where = "in the pool, policy " + v.Policy
+	}
+	fmt.Fprintf(c.App.Writer, "created volume %s (%s, %s), target %s LUN %d\n", v.Name, formatSize(v.Size), where, v.Target, v.LUN)
 	return nil
 }
 
@@ -228,13 +240,14 @@ func volumeList(c *cli.Context) error {
 		return writeJSON(c.App.Writer, vs)
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSIZE\tUSED\tBLOCK\tSESSIONS\tTARGET")
+	fmt.Fprintln(tw, "NAME\tSIZE\tUSED\tBLOCK\tBACKEND\tSESSIONS\tTARGET")
 	for _, v := range vs {
 		tgt := v.Target
 		if !v.Exported {
 			tgt += " (not exported: see the daemon log)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", v.Name, formatSize(v.Size), formatSize(v.Allocated), v.BlockSize, v.Sessions, tgt)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\n", v.Name, formatSize(v.Size), formatSize(v.Allocated), v.BlockSize,
+			backendText(v), v.Sessions, tgt)
 	}
 	return tw.Flush()
 }
@@ -281,6 +294,7 @@ func volumeShow(c *cli.Context) error {
 		{"Size", fmt.Sprintf("%s (%d bytes)", formatSize(v.Size), v.Size)},
 		{"Used", fmt.Sprintf("%s (%d bytes)", formatSize(v.Allocated), v.Allocated)},
 		{"Block size", strconv.Itoa(v.BlockSize)},
+		{"Backend", backendText(*v)},
 		{"Created", v.Created.Format(time.RFC3339)},
 		{"UUID", v.UUID},
 		{"Serial", v.Serial},
@@ -290,9 +304,20 @@ func volumeShow(c *cli.Context) error {
 		{"Sessions", strconv.Itoa(v.Sessions)},
 		{"Exported", exportedText(v.Exported)},
 	} {
+		if kv[0] == "Backend" && v.Origin != "" {
+			kv[1] += ", clone of " + v.Origin
+		}
 		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
 	}
 	return tw.Flush()
+}
+
+// backendText renders where a volume lives: "file" or "pool 2+1".
+func backendText(v adminapi.Volume) string {
+	if v.Backend == volume.BackendPool {
+		return "pool " + v.Policy
+	}
+	return volume.BackendFile
 }
 
 func exportedText(ok bool) string {

@@ -26,16 +26,26 @@ var errExported = errors.New("stave: volume already exported")
 // exported is one volume being served.
 type exported struct {
 	spec   *volume.Spec
-	dev    *filedev.Device
+	dev    scsi.BlockDevice
+	close  func() error // releases dev; nil for pool volumes, which the pool owns
 	target *iscsi.Target
+}
+
+// release closes the backing file of a file volume.
+func (x *exported) release() error {
+	if x.close == nil {
+		return nil
+	}
+	return x.close()
 }
 
 // exporter turns catalogue volumes into iSCSI targets. It is the server's
 // iscsi.TargetSource and the admin API's adminapi.Targets, and is safe for
 // concurrent use.
 type exporter struct {
-	log *slog.Logger
-	cat *volume.Catalog
+	log  *slog.Logger
+	cat  *volume.Catalog
+	pool *poolHost
 
 	mu struct {
 		sync.RWMutex
@@ -51,8 +61,8 @@ var (
 	_ adminapi.Targets        = (*exporter)(nil)
 )
 
-func newExporter(log *slog.Logger, cat *volume.Catalog) *exporter {
-	e := &exporter{log: log, cat: cat}
+func newExporter(log *slog.Logger, cat *volume.Catalog, ph *poolHost) *exporter {
+	e := &exporter{log: log, cat: cat, pool: ph}
 	e.mu.byIQ = make(map[string]*exported)
 	return e
 }
@@ -63,8 +73,9 @@ func (e *exporter) setServer(s *iscsi.Server) {
 	e.mu.srv = s
 }
 
-// Export opens the volume's backing file and logical unit and makes its
-// target visible to logins and SendTargets.
+// Export opens the volume's storage (its backing file, or its pool
+// volume) and logical unit and makes its target visible to logins and
+// SendTargets.
 func (e *exporter) Export(ctx context.Context, s *volume.Spec) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -80,29 +91,41 @@ func (e *exporter) Export(ctx context.Context, s *volume.Spec) error {
 	if err != nil {
 		return err
 	}
-	dev, err := filedev.Open(e.cat.DataPath(s.Name))
-	if err != nil {
-		return err
+	x := &exported{spec: s}
+	// A sparse file deallocates at any 512-byte boundary it can punch, so
+	// it reports physical = logical; the pool's block is 4 KiB (smaller
+	// writes are read-modify-write).
+	physical := s.BlockSize
+	if s.InPool() {
+		v, err := e.pool.volume(s.Name)
+		if err != nil {
+			return err
+		}
+		x.dev, physical = v, max(4096, s.BlockSize)
+	} else {
+		fd, err := filedev.Open(e.cat.DataPath(s.Name))
+		if err != nil {
+			return err
+		}
+		x.dev, x.close = fd, fd.Close
 	}
-	if dev.Size() != s.Size {
-		_ = dev.Close()
-		return fmt.Errorf("stave: volume %s: backing file is %d bytes, spec says %d", s.Name, dev.Size(), s.Size)
+	if x.dev.Size() != s.Size {
+		_ = x.release()
+		return fmt.Errorf("stave: volume %s: backing store is %d bytes, spec says %d", s.Name, x.dev.Size(), s.Size)
 	}
 	log := e.log.With(logkey.Volume, s.Name)
 	lu, err := scsi.NewLU(scsi.LUConfig{
-		Logger:    log,
-		Device:    dev,
-		BlockSize: s.BlockSize,
-		// A sparse file deallocates at any 512-byte boundary it can punch,
-		// so report physical = logical; the pool will report its own.
-		PhysicalBlockSize: s.BlockSize,
+		Logger:            log,
+		Device:            x.dev,
+		BlockSize:         s.BlockSize,
+		PhysicalBlockSize: physical,
 		Name:              s.Name,
 		Serial:            s.Serial,
 		NAA:               naa,
 		Reservations:      pr.FileStore{Path: e.cat.PRPath(s.Name)},
 	})
 	if err != nil {
-		_ = dev.Close()
+		_ = x.release()
 		return err
 	}
 	tgt := scsi.NewTarget(scsi.TargetConfig{Logger: log, LUNs: map[uint64]*scsi.LU{0: lu}})
@@ -111,13 +134,14 @@ func (e *exporter) Export(ctx context.Context, s *volume.Spec) error {
 		it.Auth = &login.Auth{User: s.CHAP.User, Secret: s.CHAP.Secret,
 			MutualUser: s.CHAP.MutualUser, MutualSecret: s.CHAP.MutualSecret}
 	}
+	x.target = it
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if _, dup := e.mu.byIQ[iqn]; dup {
-		_ = dev.Close()
+		_ = x.release()
 		return fmt.Errorf("%w: %s", errExported, s.Name)
 	}
-	e.mu.byIQ[iqn] = &exported{spec: s, dev: dev, target: it}
+	e.mu.byIQ[iqn] = x
 	log.Info("volume exported", logkey.Target, iqn)
 	return nil
 }
@@ -140,7 +164,7 @@ func (e *exporter) Unexport(ctx context.Context, name string) error {
 	if srv != nil {
 		srv.CloseTarget(iqn)
 	}
-	if err := x.dev.Close(); err != nil {
+	if err := x.release(); err != nil {
 		e.log.Warn("closing backing file", logkey.Volume, name, logkey.Err, err)
 	}
 	e.log.Info("volume unexported", logkey.Volume, name, logkey.Target, iqn)
@@ -198,12 +222,13 @@ func (e *exporter) Sessions() []adminapi.Session {
 	return out
 }
 
-// closeAll closes every backing file; called once the server has stopped.
+// closeAll closes every backing file; called once the server has stopped
+// and before the pool closes.
 func (e *exporter) closeAll() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for iqn, x := range e.mu.byIQ {
-		if err := x.dev.Close(); err != nil {
+		if err := x.release(); err != nil {
 			e.log.Warn("closing backing file", logkey.Volume, x.spec.Name, logkey.Err, err)
 		}
 		delete(e.mu.byIQ, iqn)

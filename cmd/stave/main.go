@@ -5,14 +5,22 @@
 //	            [--log-level debug|info|warn|error] [--log-format text|json]
 //	stave [--api unix:PATH] [--output table|json] volume create NAME --size 1GiB
 //	            [--allow IQN]... [--chap USER:SECRET] [--mutual-chap USER:SECRET] [--block-size 512]
+//	            [--policy K+M]
 //	stave volume list | volume show NAME | volume delete NAME
+//	stave volume clone VOL SNAP NEWVOL | volume clone VOL@SNAP NEWVOL | volume revert VOL SNAP
+//	stave snapshot create VOL NAME | snapshot list [VOL] | snapshot delete VOL NAME
+//	stave pool create --device PATH... [--segment-size 64MiB] | pool status | pool add-device PATH
+//	stave pool replace-device OLD NEW | pool scrub | pool recover --data-dir DIR (daemon stopped)
 //	stave session list
 //	stave version
 //
 // serve exports every volume under DATA/volumes as the iSCSI target
 // iqn.2026-11.dev.stave:<name>, LUN 0, and serves the admin API on a unix
-// socket; the other verbs are clients of that API. This is the only
-// package that reads flags and the environment and calls os.Exit.
+// socket; the other verbs are clients of that API, except pool recover,
+// which works on the data directory of a stopped daemon. Once the node
+// has a pool (DATA/pool), new volumes live in it; older ones keep their
+// sparse files. This is the only package that reads flags and the
+// environment and calls os.Exit.
 package main
 
 import (

@@ -75,6 +75,10 @@ func TestReorderArgs(t *testing.T) {
 		{"stave volume delete db -- --size", "stave volume delete db -- --size"},
 		{"stave volume create db --help", "stave volume create --help db"},
 		{"stave nosuch a --b", "stave nosuch a --b"},
+		{"stave pool create --device a --segment-size 4MiB --device b", "stave pool create --device a --segment-size 4MiB --device b"},
+		{"stave snapshot create db s1 -o json", "stave -o json snapshot create db s1"},
+		{"stave volume create db --size 1G --policy 2+1", "stave volume create --size 1G --policy 2+1 db"},
+		{"stave pool replace-device /a /b --output json", "stave --output json pool replace-device /a /b"},
 		{"stave", "stave"},
 	}
 	for _, c := range cases {

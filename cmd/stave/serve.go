@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -48,7 +49,8 @@ func serveCommand() *cli.Command {
 		Name:  "serve",
 		Usage: "run the iSCSI target and the admin API",
 		Description: "Exports every volume under DATA/volumes as the iSCSI target iqn.2026-11.dev.stave:NAME, LUN 0,\n" +
-			"and serves the admin API on a unix socket. SIGINT or SIGTERM asks initiators to log out and stops.",
+			"and serves the admin API on a unix socket. Opens the pool in DATA/pool when there is one (see\n" +
+			"`stave pool create`). SIGINT or SIGTERM asks initiators to log out and stops.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Usage: "data directory (volumes, socket)"},
 			&cli.StringSliceFlag{Name: "portal", Usage: "iSCSI listen address `HOST:PORT` (repeatable; default " + defaultPortal + ")"},
@@ -185,13 +187,22 @@ func serveAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	exp := newExporter(log.With(logkey.Component, "export"), cat)
+	// One registry for the daemon: the API serves it at /metrics and the
+	// pool registers on it.
+	reg := prometheus.NewRegistry()
+	ph := newPoolHost(log, o.dataDir, reg)
+	ph.open(ctx)
+	// Deferred calls run last-in first-out: the exports close, then the
+	// pool, after the iSCSI server has drained and the API has stopped.
+	defer ph.close()
+	exp := newExporter(log.With(logkey.Component, "export"), cat, ph)
 	defer exp.closeAll()
 	for _, s := range cat.List() {
 		if err := exp.Export(ctx, s); err != nil {
 			log.Error("volume not exported", logkey.Volume, s.Name, logkey.Err, err)
 		}
 	}
+	ph.warnOrphans(cat)
 	srv, err := iscsi.NewServer(iscsi.Config{
 		Logger:        log.With(logkey.Component, "iscsi"),
 		Portals:       o.portals,
@@ -207,10 +218,12 @@ func serveAction(c *cli.Context) error {
 		return err
 	}
 	api, err := adminapi.New(adminapi.Config{
-		Logger:  log.With(logkey.Component, "adminapi"),
-		Volumes: cat,
-		Targets: exp,
-		Version: versionString(),
+		Logger:   log.With(logkey.Component, "adminapi"),
+		Volumes:  cat,
+		Targets:  exp,
+		Version:  versionString(),
+		Registry: reg,
+		Pool:     ph,
 	})
 	if err != nil {
 		// Serve with a done context closes the portals' listeners.

@@ -13,6 +13,26 @@
 //	GET    /healthz             liveness                → Health
 //	GET    /metrics             Prometheus text format
 //
+//	POST   /v1/pool                       create the pool (PoolCreateRequest) → 201 PoolStatus
+//	GET    /v1/pool                       devices, space, operations          → PoolStatus
+//	POST   /v1/pool/devices               add a device (AddDeviceRequest)     → PoolStatus
+//	POST   /v1/pool/replace-device        start a rebuild (ReplaceDeviceRequest) → 202 Operation
+//	POST   /v1/pool/scrub                 start a scrub                       → 202 Operation
+//	GET    /v1/pool/operations            running and recent operations       → []Operation
+//	GET    /v1/pool/operations/{id}       one operation's progress            → Operation
+//	GET    /v1/snapshots                  snapshots of every pool volume      → []Snapshot
+//	GET    /v1/volumes/{name}/snapshots   one volume's snapshots              → []Snapshot
+//	POST   /v1/volumes/{name}/snapshots   take one (SnapshotRequest)          → 201 Snapshot
+//	DELETE /v1/volumes/{name}/snapshots/{snap}                                 → 204
+//	POST   /v1/volumes/{name}/clone       new volume from a snapshot (CloneRequest) → 201 Volume
+//	POST   /v1/volumes/{name}/revert      back to a snapshot (RevertRequest)  → Volume
+//
+// Once the node has a pool, POST /v1/volumes creates volumes in it
+// (CreateRequest.Policy, "k+m"); older volumes stay in their sparse files.
+// Long operations run in the daemon, one at a time; the client polls
+// their progress. Requests that need a pool answer 409 with NoPoolHint
+// while there is none.
+//
 // CHAP secrets go in (CreateRequest) but never come out: Volume carries
 // only the user names.
 package adminapi
@@ -82,6 +102,12 @@ type Volume struct {
 	// Exported is false when the daemon could not open the volume (see
 	// its log); initiators cannot log in to it then.
 	Exported bool `json:"exported"`
+	// Backend is "file" (a sparse file) or "pool".
+	Backend string `json:"backend"`
+	// Policy is a pool volume's erasure-coding policy, "k+m".
+	Policy string `json:"policy,omitempty"`
+	// Origin is "VOLUME@SNAPSHOT" for a clone.
+	Origin string `json:"origin,omitempty"`
 }
 
 // Session is one iSCSI session as the API reports it.
@@ -139,6 +165,8 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Version is reported by /healthz and in stave_build_info.
 	Version string
+	// Pool is the node's pool; nil serves the pool routes with ErrUnsupported.
+	Pool Pool
 }
 
 // Server serves the admin API. It is safe for concurrent use.
@@ -148,12 +176,14 @@ type Server struct {
 	targets Targets
 	reg     *prometheus.Registry
 	version string
+	pool    Pool
+	ops     *ops
 	mux     *http.ServeMux
 
 	requests *prometheus.CounterVec
 
-	// opMu serialises create and delete so that export and unexport of
-	// one name cannot interleave.
+	// opMu serialises create, delete, clone, revert and snapshot changes
+	// so that export and unexport of one name cannot interleave.
 	opMu sync.Mutex
 }
 
@@ -163,7 +193,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Volumes == nil || cfg.Targets == nil {
 		return nil, errors.New("adminapi: Config.Volumes and Config.Targets are required")
 	}
-	s := &Server{log: cfg.Logger, vols: cfg.Volumes, targets: cfg.Targets, reg: cfg.Registry, version: cfg.Version}
+	s := &Server{log: cfg.Logger, vols: cfg.Volumes, targets: cfg.Targets, reg: cfg.Registry, version: cfg.Version,
+		pool: cfg.Pool, ops: newOps()}
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stave_admin_requests_total", Help: "Admin API requests by route and HTTP status code.",
 	}, []string{"route", "code"})
@@ -179,11 +210,22 @@ func New(cfg Config) (*Server, error) {
 	s.mux = http.NewServeMux()
 	s.mux.HandleFunc("/v1/volumes", s.volumes)
 	s.mux.HandleFunc("/v1/volumes/{name}", s.volume)
+	s.mux.HandleFunc("/v1/volumes/{name}/snapshots", s.snapshots)
+	s.mux.HandleFunc("/v1/volumes/{name}/snapshots/{snap}", s.snapshot)
+	s.mux.HandleFunc("/v1/volumes/{name}/clone", s.clone)
+	s.mux.HandleFunc("/v1/volumes/{name}/revert", s.revert)
+	s.mux.HandleFunc("/v1/snapshots", s.allSnapshots)
+	s.mux.HandleFunc("/v1/pool", s.poolRoot)
+	s.mux.HandleFunc("/v1/pool/devices", s.poolDevices)
+	s.mux.HandleFunc("/v1/pool/replace-device", s.poolReplace)
+	s.mux.HandleFunc("/v1/pool/scrub", s.poolScrub)
+	s.mux.HandleFunc("/v1/pool/operations", s.poolOperations)
+	s.mux.HandleFunc("/v1/pool/operations/{id}", s.poolOperation)
 	s.mux.HandleFunc("/v1/sessions", s.sessions)
 	s.mux.HandleFunc("/healthz", s.healthz)
 	s.mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API path %s: use /v1/volumes, /v1/sessions, /healthz or /metrics", r.URL.Path))
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API path %s: use /v1/volumes, /v1/pool, /v1/snapshots, /v1/sessions, /healthz or /metrics", r.URL.Path))
 	})
 	return s, nil
 }
@@ -259,7 +301,7 @@ func newVolumeCollector(s *Server) volumeCollector {
 	return volumeCollector{s: s,
 		size: prometheus.NewDesc("stave_volume_size_bytes", "Volume capacity in bytes.", []string{"volume"}, nil),
 		used: prometheus.NewDesc("stave_volume_allocated_bytes",
-			"Bytes of storage the volume's backing file occupies.", []string{"volume"}, nil),
+			"Bytes of the volume's mapped blocks (a file volume: bytes its sparse file occupies).", []string{"volume"}, nil),
 	}
 }
 
@@ -278,7 +320,7 @@ func (c volumeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, sp := range c.s.vols.List() {
 		emit(c.size, float64(sp.Size), sp.Name)
-		if n, err := filedev.Allocated(c.s.vols.DataPath(sp.Name)); err == nil {
+		if n, ok := c.s.allocated(sp); ok {
 			emit(c.used, float64(n), sp.Name)
 		}
 	}
@@ -321,7 +363,8 @@ func ListenUnix(path string) (net.Listener, error) {
 }
 
 // Serve serves the API on ln until ctx is done, then shuts down, waiting
-// up to five seconds for requests in flight. It closes ln.
+// up to five seconds for requests in flight, and cancels long operations
+// and waits for them (Close). It closes ln.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	hs := &http.Server{
 		Handler:           s.Handler(),
@@ -333,6 +376,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	done := make(chan error, 1)
 	go func() { done <- hs.Serve(ln) }()
+	defer s.Close()
 	select {
 	case err := <-done:
 		return fmt.Errorf("adminapi: %w", err)
@@ -348,6 +392,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	return nil
 }
+
+// Close cancels the long operations (replace-device, scrub) and waits for
+// them to return; later ones are refused. Serve calls it on its way out.
+// The caller closes the pool after Close.
+func (s *Server) Close() { s.ops.close() }
 
 func (s *Server) volumes(w http.ResponseWriter, r *http.Request) {
 	switch r.Method {
@@ -373,23 +422,72 @@ func (s *Server) volumes(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// create makes a volume: in the pool when the node has one (catalogue
+// entry first, then the pool volume, then the export; each failure undoes
+// the steps before it), else in a sparse file.
 func (s *Server) create(w http.ResponseWriter, r *http.Request, req CreateRequest) {
+	req.Backend, req.Origin = "", ""
+	if err := req.Validate(); err != nil {
+		s.fail(w, "create volume", err)
+		return
+	}
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
+	inPool := s.pool != nil && s.pool.Exists()
+	var pol volume.Policy
+	if inPool {
+		var err error
+		if pol, err = s.pool.ResolvePolicy(req.Policy); err != nil {
+			s.fail(w, "create volume", err)
+			return
+		}
+		req.Backend, req.Policy = volume.BackendPool, pol.String()
+	} else if req.Policy != "" {
+		s.fail(w, "create volume", fmt.Errorf("%w: --policy %s needs a pool; %s", ErrNoPool, req.Policy, NoPoolHint))
+		return
+	}
 	sp, err := s.vols.Create(r.Context(), req)
 	if err != nil {
 		s.fail(w, "create volume", err)
 		return
 	}
-	if err := s.targets.Export(r.Context(), sp); err != nil {
-		s.log.Error("export of new volume failed; deleting it", logkey.Volume, sp.Name, logkey.Err, err)
-		if derr := s.vols.Delete(context.WithoutCancel(r.Context()), sp.Name); derr != nil {
-			s.log.Error("delete after failed export", logkey.Volume, sp.Name, logkey.Err, derr)
+	if inPool {
+		if err := s.pool.CreateVolume(r.Context(), sp.Name, sp.Size, pol); err != nil {
+			s.rollbackCreate(r.Context(), sp.Name, false)
+			s.fail(w, "create volume", err)
+			return
 		}
-		writeError(w, http.StatusInternalServerError, fmt.Sprintf("volume %q could not be exported: %v", sp.Name, err))
+	}
+	if !s.export(w, r, sp) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, s.toVolume(sp, nil))
+}
+
+// export exports a volume just made; on failure it deletes the volume and
+// writes the error.
+func (s *Server) export(w http.ResponseWriter, r *http.Request, sp *volume.Spec) bool {
+	err := s.targets.Export(r.Context(), sp)
+	if err == nil {
+		return true
+	}
+	s.log.Error("export of new volume failed; deleting it", logkey.Volume, sp.Name, logkey.Err, err)
+	s.rollbackCreate(r.Context(), sp.Name, sp.InPool())
+	writeError(w, http.StatusInternalServerError, fmt.Sprintf("volume %q could not be exported: %v", sp.Name, err))
+	return false
+}
+
+// rollbackCreate deletes a volume whose creation failed half-way.
+func (s *Server) rollbackCreate(ctx context.Context, name string, inPool bool) {
+	ctx = context.WithoutCancel(ctx)
+	if inPool {
+		if err := s.pool.DeleteVolume(ctx, name); err != nil {
+			s.log.Error("pool delete after failed create", logkey.Volume, name, logkey.Err, err)
+		}
+	}
+	if err := s.vols.Delete(ctx, name); err != nil {
+		s.log.Error("delete after failed create", logkey.Volume, name, logkey.Err, err)
+	}
 }
 
 func (s *Server) volume(w http.ResponseWriter, r *http.Request) {
@@ -405,13 +503,29 @@ func (s *Server) volume(w http.ResponseWriter, r *http.Request) {
 	case http.MethodDelete:
 		s.opMu.Lock()
 		defer s.opMu.Unlock()
-		if _, err := s.vols.Get(name); err != nil {
+		sp, err := s.vols.Get(name)
+		if err != nil {
 			s.fail(w, "delete volume", err)
 			return
 		}
 		if err := s.targets.Unexport(r.Context(), name); err != nil {
 			s.fail(w, "delete volume", fmt.Errorf("stopping the target of volume %q: %w", name, err))
 			return
+		}
+		if sp.InPool() {
+			if s.pool == nil || !s.pool.Exists() {
+				s.fail(w, "delete volume", fmt.Errorf("%w: volume %q lives in the pool, which this daemon has not got", ErrConflict, name))
+				return
+			}
+			// A volume catalogued but missing from the pool (a create
+			// interrupted by a crash) is deleted from the catalogue.
+			if err := s.pool.DeleteVolume(r.Context(), name); err != nil && !errors.Is(err, volume.ErrNotFound) {
+				if eerr := s.targets.Export(context.WithoutCancel(r.Context()), sp); eerr != nil {
+					s.log.Error("re-export after failed delete", logkey.Volume, name, logkey.Err, eerr)
+				}
+				s.fail(w, "delete volume", err)
+				return
+			}
 		}
 		if err := s.vols.Delete(r.Context(), name); err != nil {
 			s.fail(w, "delete volume", err)
@@ -463,10 +577,24 @@ func (s *Server) toVolume(sp *volume.Spec, counts map[string]int) Volume {
 		v.CHAPUser = sp.CHAP.User
 		v.MutualCHAPUser = sp.CHAP.MutualUser
 	}
-	if n, err := filedev.Allocated(s.vols.DataPath(sp.Name)); err == nil {
-		v.Allocated = n
+	v.Backend, v.Policy, v.Origin = sp.Backend, sp.Policy, sp.Origin
+	if v.Backend == "" {
+		v.Backend = volume.BackendFile
 	}
+	v.Allocated, _ = s.allocated(sp)
 	return v
+}
+
+// allocated returns the bytes a volume's data occupies.
+func (s *Server) allocated(sp *volume.Spec) (int64, bool) {
+	if sp.InPool() {
+		if s.pool == nil {
+			return 0, false
+		}
+		return s.pool.Allocated(sp.Name)
+	}
+	n, err := filedev.Allocated(s.vols.DataPath(sp.Name))
+	return n, err == nil
 }
 
 // fail maps a catalogue error to a status and writes it.
@@ -477,8 +605,10 @@ func (s *Server) fail(w http.ResponseWriter, op string, err error) {
 		code = http.StatusBadRequest
 	case errors.Is(err, volume.ErrNotFound):
 		code = http.StatusNotFound
-	case errors.Is(err, volume.ErrExists):
+	case errors.Is(err, volume.ErrExists), errors.Is(err, ErrConflict), errors.Is(err, ErrNoPool):
 		code = http.StatusConflict
+	case errors.Is(err, ErrUnsupported):
+		code = http.StatusNotImplemented
 	}
 	if code == http.StatusInternalServerError {
 		s.log.Error("admin request failed", logkey.Op, op, logkey.Err, err)
@@ -490,7 +620,7 @@ func (s *Server) fail(w http.ResponseWriter, op string, err error) {
 // which the status code already conveys.
 func userMessage(err error) string {
 	msg := err.Error()
-	for _, e := range []error{volume.ErrInvalid, volume.ErrNotFound, volume.ErrExists} {
+	for _, e := range []error{volume.ErrInvalid, volume.ErrNotFound, volume.ErrExists, ErrConflict, ErrNoPool, ErrUnsupported} {
 		if rest, ok := strings.CutPrefix(msg, e.Error()+": "); ok {
 			return rest
 		}

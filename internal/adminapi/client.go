@@ -172,6 +172,107 @@ func (c *Client) Health(ctx context.Context) (*Health, error) {
 	return h, nil
 }
 
+// CreatePool creates the node's pool and returns its status.
+func (c *Client) CreatePool(ctx context.Context, req PoolCreateRequest) (*PoolStatus, error) {
+	st := new(PoolStatus)
+	if err := c.do(ctx, http.MethodPost, "/v1/pool", req, st); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// PoolStatus returns the pool's devices, space and operations.
+func (c *Client) PoolStatus(ctx context.Context) (*PoolStatus, error) {
+	st := new(PoolStatus)
+	if err := c.do(ctx, http.MethodGet, "/v1/pool", nil, st); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// AddDevice adds a device to the pool and returns the new status.
+func (c *Client) AddDevice(ctx context.Context, path string) (*PoolStatus, error) {
+	st := new(PoolStatus)
+	if err := c.do(ctx, http.MethodPost, "/v1/pool/devices", AddDeviceRequest{Path: path}, st); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// ReplaceDevice starts rebuilding device old onto device newDev and returns
+// the operation to follow with Operation.
+func (c *Client) ReplaceDevice(ctx context.Context, old, newDev string) (*Operation, error) {
+	op := new(Operation)
+	if err := c.do(ctx, http.MethodPost, "/v1/pool/replace-device", ReplaceDeviceRequest{Old: old, New: newDev}, op); err != nil {
+		return nil, err
+	}
+	return op, nil
+}
+
+// Scrub starts a scrub and returns the operation to follow with Operation.
+func (c *Client) Scrub(ctx context.Context) (*Operation, error) {
+	op := new(Operation)
+	if err := c.do(ctx, http.MethodPost, "/v1/pool/scrub", struct{}{}, op); err != nil {
+		return nil, err
+	}
+	return op, nil
+}
+
+// Operation returns a long operation's state and progress.
+func (c *Client) Operation(ctx context.Context, id string) (*Operation, error) {
+	op := new(Operation)
+	if err := c.do(ctx, http.MethodGet, "/v1/pool/operations/"+url.PathEscape(id), nil, op); err != nil {
+		return nil, err
+	}
+	return op, nil
+}
+
+// CreateSnapshot takes snapshot snap of volume vol.
+func (c *Client) CreateSnapshot(ctx context.Context, vol, snap string) (*Snapshot, error) {
+	s := new(Snapshot)
+	if err := c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(vol)+"/snapshots", SnapshotRequest{Name: snap}, s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Snapshots lists the snapshots of vol, or of every pool volume when vol
+// is empty.
+func (c *Client) Snapshots(ctx context.Context, vol string) ([]Snapshot, error) {
+	p := "/v1/snapshots"
+	if vol != "" {
+		p = "/v1/volumes/" + url.PathEscape(vol) + "/snapshots"
+	}
+	var ss []Snapshot
+	if err := c.do(ctx, http.MethodGet, p, nil, &ss); err != nil {
+		return nil, err
+	}
+	return ss, nil
+}
+
+// DeleteSnapshot deletes snapshot snap of volume vol.
+func (c *Client) DeleteSnapshot(ctx context.Context, vol, snap string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(vol)+"/snapshots/"+url.PathEscape(snap), nil, nil)
+}
+
+// Clone creates volume newVol from snapshot snap of volume vol.
+func (c *Client) Clone(ctx context.Context, vol, snap, newVol string) (*Volume, error) {
+	v := new(Volume)
+	if err := c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(vol)+"/clone", CloneRequest{Snapshot: snap, Name: newVol}, v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// Revert sets volume vol back to snapshot snap.
+func (c *Client) Revert(ctx context.Context, vol, snap string) (*Volume, error) {
+	v := new(Volume)
+	if err := c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(vol)+"/revert", RevertRequest{Snapshot: snap}, v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
 // Close releases idle connections.
 func (c *Client) Close() {
 	c.hc.CloseIdleConnections()

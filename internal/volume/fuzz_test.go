@@ -55,3 +55,24 @@ func FuzzValidateName(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParsePolicy checks that policy parsing never panics and that an
+// accepted policy prints back to a string that parses to the same policy.
+func FuzzParsePolicy(f *testing.F) {
+	for _, s := range []string{"2+1", "4+2", "1+0", "0+1", "+", "2++1", "99999999999999999999+1", " 3+1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ParsePolicy(s)
+		if err != nil {
+			return
+		}
+		if p.Data < 1 || p.Parity < 0 || p.Width() > MaxPolicyChunks {
+			t.Fatalf("accepted %q as %+v", s, p)
+		}
+		q, err := ParsePolicy(p.String())
+		if err != nil || q != p {
+			t.Fatalf("%q → %v → %v, %v", s, p, q, err)
+		}
+	})
+}

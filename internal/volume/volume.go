@@ -1,12 +1,14 @@
-// Package volume is the catalogue of volumes under a Stave data directory,
-// used until the pool and etcd land.
+// Package volume is the catalogue of volumes under a Stave data directory:
+// their identity, access rules and where their blocks live, until etcd
+// lands.
 //
 // On-disk layout:
 //
 //	DATA/volumes/
 //	    <name>/
 //	        volume.json   Spec as JSON, mode 0600 (holds CHAP secrets)
-//	        data          sparse backing file, Spec.Size bytes (internal/filedev)
+//	        data          sparse backing file, Spec.Size bytes (internal/filedev);
+//	                      only for Backend "file"
 //	        pr.json       persistent reservations (target/scsi/pr FileStore)
 //	    .tmp-<name>-<rand>/   a Create in progress (removed at Open)
 //	    .del-<name>-<rand>/   a Delete in progress (removed at Open)
@@ -81,7 +83,18 @@ type CHAP struct {
 	MutualSecret string `json:"mutual_secret,omitempty"`
 }
 
-// Spec is what volume.json holds: a volume's identity and access rules.
+// Backends: where a volume's blocks live.
+const (
+	// BackendFile is a sparse file DATA/volumes/<name>/data. Specs written
+	// before the pool have no backend and mean this one.
+	BackendFile = "file"
+	// BackendPool is a volume of the node's pool (package pool), which
+	// holds its blocks and snapshots.
+	BackendPool = "pool"
+)
+
+// Spec is what volume.json holds: a volume's identity, access rules and
+// backend.
 type Spec struct {
 	Name      string    `json:"name"`
 	Size      int64     `json:"size"`
@@ -95,7 +108,16 @@ type Spec struct {
 	// ACL lists the initiator names allowed to log in; empty allows any.
 	ACL  []string `json:"acl,omitempty"`
 	CHAP *CHAP    `json:"chap,omitempty"`
+	// Backend is BackendFile or BackendPool; empty means BackendFile.
+	Backend string `json:"backend,omitempty"`
+	// Policy is a pool volume's erasure-coding policy, "k+m".
+	Policy string `json:"policy,omitempty"`
+	// Origin is "VOLUME@SNAPSHOT" for a clone.
+	Origin string `json:"origin,omitempty"`
 }
+
+// InPool reports whether the volume lives in the pool.
+func (s *Spec) InPool() bool { return s.Backend == BackendPool }
 
 // NAAID returns the NAA designator as bytes.
 func (s *Spec) NAAID() ([16]byte, error) {
@@ -122,6 +144,15 @@ type CreateRequest struct {
 	ACL []string `json:"acl,omitempty"`
 	// CHAP enables one-way CHAP (and mutual CHAP when its Mutual fields are set).
 	CHAP *CHAP `json:"chap,omitempty"`
+	// Policy is the erasure-coding policy "k+m" of a pool volume; empty
+	// lets the daemon choose from the pool's device count.
+	Policy string `json:"policy,omitempty"`
+
+	// Backend is BackendFile (also when empty) or BackendPool. The daemon
+	// chooses it; it is not part of the API request.
+	Backend string `json:"-"`
+	// Origin is recorded in a clone's spec; set by the daemon.
+	Origin string `json:"-"`
 }
 
 // Validate checks the request and returns an error wrapping ErrInvalid
@@ -148,6 +179,20 @@ func (r *CreateRequest) Validate() error {
 		if err := ValidateInitiatorName(a); err != nil {
 			return err
 		}
+	}
+	if r.Policy != "" {
+		if _, err := ParsePolicy(r.Policy); err != nil {
+			return err
+		}
+	}
+	switch r.Backend {
+	case "", BackendFile:
+	case BackendPool:
+		if r.Policy == "" {
+			return fmt.Errorf("%w: a pool volume needs a policy", ErrInvalid)
+		}
+	default:
+		return fmt.Errorf("%w: backend %q: use %s or %s", ErrInvalid, r.Backend, BackendFile, BackendPool)
 	}
 	if c := r.CHAP; c != nil {
 		if err := ValidateCHAP("CHAP", c.User, c.Secret); err != nil {
@@ -254,6 +299,15 @@ func readSpec(dir string) (*Spec, error) {
 	if ValidateName(s.Name) != nil || s.Size <= 0 || s.BlockSize <= 0 {
 		return nil, fmt.Errorf("volume: %s: invalid spec", dir)
 	}
+	switch s.Backend {
+	case "", BackendFile:
+	case BackendPool:
+		if _, err := ParsePolicy(s.Policy); err != nil {
+			return nil, fmt.Errorf("volume: %s: %w", dir, err)
+		}
+	default:
+		return nil, fmt.Errorf("volume: %s: unknown backend %q (written by a newer stave?)", dir, s.Backend)
+	}
 	return s, nil
 }
 
@@ -293,6 +347,15 @@ func (c *Catalog) Create(ctx context.Context, req CreateRequest) (*Spec, error) 
 		Serial:    hex.EncodeToString(u[:])[:20],
 		NAA:       hex.EncodeToString(naa6(u)),
 		ACL:       slices.Clone(req.ACL),
+		Backend:   req.Backend,
+		Origin:    req.Origin,
+	}
+	if s.Backend == "" {
+		s.Backend = BackendFile
+	}
+	if s.InPool() {
+		p, _ := ParsePolicy(req.Policy) // validated above
+		s.Policy = p.String()
 	}
 	if req.CHAP != nil {
 		ch := *req.CHAP
@@ -318,12 +381,14 @@ func (c *Catalog) Create(ctx context.Context, req CreateRequest) (*Spec, error) 
 			_ = os.RemoveAll(tmp)
 		}
 	}()
-	if err := filedev.Create(filepath.Join(tmp, DataFile), s.Size); err != nil {
-		if errors.Is(err, syscall.EFBIG) || errors.Is(err, syscall.EINVAL) {
-			return nil, fmt.Errorf("%w: size %d bytes is more than the file system under %s allows for one file: choose a smaller size",
-				ErrInvalid, s.Size, c.dir)
+	if !s.InPool() {
+		if err := filedev.Create(filepath.Join(tmp, DataFile), s.Size); err != nil {
+			if errors.Is(err, syscall.EFBIG) || errors.Is(err, syscall.EINVAL) {
+				return nil, fmt.Errorf("%w: size %d bytes is more than the file system under %s allows for one file: choose a smaller size",
+					ErrInvalid, s.Size, c.dir)
+			}
+			return nil, fmt.Errorf("volume: %s: %w", s.Name, err)
 		}
-		return nil, fmt.Errorf("volume: %s: %w", s.Name, err)
 	}
 	if err := writeSpec(tmp, s); err != nil {
 		return nil, err

@@ -228,3 +228,78 @@ func TestNAALayout(t *testing.T) {
 		t.Errorf("naa6 = %x, want %x", got, want)
 	}
 }
+
+func TestParsePolicy(t *testing.T) {
+	for in, want := range map[string]Policy{"2+1": {2, 1}, "1+0": {1, 0}, "4+2": {4, 2}, " 3+1 ": {3, 1}} {
+		got, err := ParsePolicy(in)
+		if err != nil || got != want {
+			t.Errorf("ParsePolicy(%q) = %v, %v; want %v", in, got, err, want)
+		}
+		if err == nil && got.String() != strings.TrimSpace(in) {
+			t.Errorf("%v.String() = %q", got, got.String())
+		}
+	}
+	for _, in := range []string{"", "2", "2+", "+1", "0+1", "2+-1", "a+b", "2++1", "30+3", "2+1+1", "2 + 1", "9223372036854775807+1"} {
+		if _, err := ParsePolicy(in); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "DATA+PARITY") {
+			t.Errorf("ParsePolicy(%q) = %v, want ErrInvalid with a hint", in, err)
+		}
+	}
+}
+
+func TestParseSnapshotRef(t *testing.T) {
+	v, s, err := ParseSnapshotRef("db@nightly.1")
+	if err != nil || v != "db" || s != "nightly.1" {
+		t.Errorf("ParseSnapshotRef = %q %q %v", v, s, err)
+	}
+	for _, in := range []string{"db", "@s", "db@", "DB@s", "db@S!", "a@b@c"} {
+		if _, _, err := ParseSnapshotRef(in); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ParseSnapshotRef(%q) = %v, want ErrInvalid", in, err)
+		}
+	}
+}
+
+func TestPoolBackend(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	c := openCat(t, dir)
+	s, err := c.Create(ctx, CreateRequest{Name: "p", Size: 1 << 30, Policy: "2+1", Backend: BackendPool, Origin: "a@b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.InPool() || s.Policy != "2+1" || s.Origin != "a@b" {
+		t.Errorf("spec %+v", s)
+	}
+	if _, err := os.Stat(c.DataPath("p")); !os.IsNotExist(err) {
+		t.Errorf("pool volume has a data file: %v", err)
+	}
+	b, err := os.ReadFile(filepath.Join(c.Dir("p"), SpecFile))
+	if err != nil || !strings.Contains(string(b), `"backend": "pool"`) || !strings.Contains(string(b), `"policy": "2+1"`) {
+		t.Errorf("volume.json: %s %v", b, err)
+	}
+	f, err := c.Create(ctx, CreateRequest{Name: "f", Size: 4096})
+	if err != nil || f.InPool() || f.Backend != BackendFile {
+		t.Errorf("file volume %+v %v", f, err)
+	}
+	if _, err := c.Create(ctx, CreateRequest{Name: "x", Size: 4096, Backend: BackendPool}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("pool volume without policy: %v", err)
+	}
+	if _, err := c.Create(ctx, CreateRequest{Name: "x", Size: 4096, Backend: "tape"}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("unknown backend: %v", err)
+	}
+	// Specs survive reopening; a spec without a backend is a file volume.
+	old := filepath.Join(dir, "volumes", "old")
+	if err := os.MkdirAll(old, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	spec := `{"name":"old","size":4096,"block_size":512,"uuid":"x","serial":"y","naa":"6535456000000000000000000000000a"}`
+	if err := os.WriteFile(filepath.Join(old, SpecFile), []byte(spec), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c2 := openCat(t, dir)
+	if g, err := c2.Get("p"); err != nil || !g.InPool() || g.Policy != "2+1" || g.Origin != "a@b" {
+		t.Errorf("reopened pool spec %+v %v", g, err)
+	}
+	if g, err := c2.Get("old"); err != nil || g.InPool() {
+		t.Errorf("old spec %+v %v", g, err)
+	}
+}
