@@ -25,7 +25,7 @@ build:
 # run starts the daemon in the foreground with a 1 GiB demo volume.
 run: build
 	@set -eu; mkdir -p $(DATA); \
-	$(BIN) serve --data-dir $(DATA) --portal '$(PORTAL)' --api $(API) & pid=$$!; \
+	$(BIN) serve --config /dev/null --data-dir $(DATA) --portal '$(PORTAL)' --api $(API) & pid=$$!; \
 	trap 'wait $$pid; exit 0' INT; \
 	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid; exit 0' TERM; \
 	i=0; until $(BIN) --api $(API) volume list >/dev/null 2>&1; do \

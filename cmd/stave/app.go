@@ -16,13 +16,13 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"stave.dev/stave/internal/adminapi"
+	"stave.dev/stave/internal/config"
 	"stave.dev/stave/internal/volume"
 )
 
 const (
-	defaultDataDir = "./stave-data"
-	defaultPortal  = "[::]:3260"
-	socketName     = "stave.sock"
+	defaultDataDir = config.DefaultDataDir
+	socketName     = config.DefaultSocketName
 	apiEnv         = "STAVE_API"
 )
 

@@ -1,8 +1,10 @@
 // Command stave is the Stave daemon and its command-line client.
 //
-//	stave serve [--data-dir DIR] [--portal HOST:PORT]... [--advertise HOST:PORT]...
-//	            [--api unix:PATH] [--discovery-chap USER:SECRET]
+//	stave serve [--config FILE] [--print-config] [--data-dir DIR] [--portal HOST:PORT]...
+//	            [--advertise HOST:PORT]... [--api unix:PATH] [--discovery-chap USER:SECRET]
 //	            [--log-level debug|info|warn|error] [--log-format text|json]
+//	            [--nop-interval D] [--nop-timeout D] [--queue-depth N] [--scrub-rate SIZE]
+//	            [--gc-interval D]   (flags override /etc/stave/stave.yaml, docs/configuration.md)
 //	stave [--api unix:PATH] [--output table|json] volume create NAME --size 1GiB
 //	            [--allow IQN]... [--chap USER:SECRET] [--mutual-chap USER:SECRET] [--block-size 512]
 //	            [--policy K+M]

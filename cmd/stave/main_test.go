@@ -146,7 +146,7 @@ func (d *daemon) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
 	d.done = make(chan int, 1)
-	args := []string{"stave", "serve", "--data-dir", filepath.Join(d.dir, "data"), "--portal", "127.0.0.1:0",
+	args := []string{"stave", "serve", "--config", "/dev/null", "--data-dir", filepath.Join(d.dir, "data"), "--portal", "127.0.0.1:0",
 		"--advertise", "10.0.2.2:3260", "--api", "unix:" + d.sock, "--log-level", "debug"}
 	// NB: urfave/cli v2 mutates package globals (HelpFlag) while parsing,
 	// so the serve goroutine's parse must happen before the test's client
@@ -360,7 +360,7 @@ func TestServeFlagErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		var out, errb bytes.Buffer
-		args := append([]string{"stave", "serve", "--data-dir", dir}, c.args...)
+		args := append([]string{"stave", "serve", "--config", "/dev/null", "--data-dir", dir}, c.args...)
 		code := run(context.Background(), args, &out, &errb)
 		if code != 1 || !strings.Contains(errb.String(), c.want) {
 			t.Errorf("%v: exit %d, stderr %q; want 1 and %q", c.args, code, errb.String(), c.want)
@@ -371,12 +371,12 @@ func TestServeFlagErrors(t *testing.T) {
 func TestDataDirLocked(t *testing.T) {
 	d := newDaemon(t)
 	var out, errb bytes.Buffer
-	code := run(context.Background(), []string{"stave", "serve", "--data-dir", filepath.Join(d.dir, "data"),
+	code := run(context.Background(), []string{"stave", "serve", "--config", "/dev/null", "--data-dir", filepath.Join(d.dir, "data"),
 		"--portal", "127.0.0.1:0", "--api", "unix:" + filepath.Join(d.dir, "other.sock")}, &out, &errb)
 	if code != 1 || !strings.Contains(errb.String(), "in use by another 'stave serve'") {
 		t.Errorf("second serve on one data dir: exit %d, stderr %q", code, errb.String())
 	}
-	code = run(context.Background(), []string{"stave", "serve", "--data-dir", filepath.Join(d.dir, "data2"),
+	code = run(context.Background(), []string{"stave", "serve", "--config", "/dev/null", "--data-dir", filepath.Join(d.dir, "data2"),
 		"--portal", "127.0.0.1:0", "--api", "unix:" + d.sock}, &out, &errb)
 	if code != 1 || !strings.Contains(errb.String(), "socket in use") {
 		t.Errorf("second serve on one socket: exit %d, stderr %q", code, errb.String())
@@ -399,7 +399,7 @@ func TestPortInUse(t *testing.T) {
 	var out, errb bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	code := run(ctx, []string{"stave", "serve", "--data-dir", dir, "--portal", l.Addr().String(),
+	code := run(ctx, []string{"stave", "serve", "--config", "/dev/null", "--data-dir", dir, "--portal", l.Addr().String(),
 		"--api", "unix:" + filepath.Join(dir, "s.sock")}, &out, &errb)
 	if code != 1 || !strings.Contains(errb.String(), "address already in use") {
 		t.Errorf("exit %d, stderr %q", code, errb.String())

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
@@ -16,7 +17,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"stave.dev/stave/internal/adminapi"
+	"stave.dev/stave/internal/config"
 	"stave.dev/stave/internal/logkey"
+	"stave.dev/stave/internal/sdnotify"
 	"stave.dev/stave/internal/volume"
 	"stave.dev/stave/target/iscsi"
 	"stave.dev/stave/target/iscsi/login"
@@ -50,16 +53,12 @@ func serveCommand() *cli.Command {
 		Usage: "run the iSCSI target and the admin API",
 		Description: "Exports every volume under DATA/volumes as the iSCSI target iqn.2026-11.dev.stave:NAME, LUN 0,\n" +
 			"and serves the admin API on a unix socket. Opens the pool in DATA/pool when there is one (see\n" +
-			"`stave pool create`). SIGINT or SIGTERM asks initiators to log out and stops.",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "data-dir", Value: defaultDataDir, Usage: "data directory (volumes, socket)"},
-			&cli.StringSliceFlag{Name: "portal", Usage: "iSCSI listen address `HOST:PORT` (repeatable; default " + defaultPortal + ")"},
-			&cli.StringSliceFlag{Name: "advertise", Usage: "address `HOST:PORT` announced by SendTargets for the --portal at the same position"},
-			&cli.StringFlag{Name: "api", Usage: "admin API address `unix:PATH` (default unix:DATA/" + socketName + ")"},
-			&cli.StringFlag{Name: "discovery-chap", Usage: "require CHAP `USER:SECRET` for discovery sessions"},
-			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
-			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
-		},
+			"`stave pool create`). SIGINT or SIGTERM asks initiators to log out and stops.\n\n" +
+			"Options come from the file given by --config (default " + config.DefaultPath + ", read when it exists),\n" +
+			"then from the flags given, which override the file; see docs/configuration.md.",
+		// Every flag of serve overrides an option of the configuration file
+		// and is defined in package config (docs/configuration.md).
+		Flags:  config.CLIFlags(),
 		Action: serveAction,
 	}
 }
@@ -88,86 +87,84 @@ type serveOptions struct {
 	discoveryAuth *login.Auth
 }
 
-func parseServeFlags(c *cli.Context) (*serveOptions, error) {
-	o := &serveOptions{dataDir: c.String("data-dir")}
-	if o.dataDir == "" {
-		return nil, errors.New("--data-dir is empty")
-	}
-	listen := c.StringSlice("portal")
-	if len(listen) == 0 {
-		listen = []string{defaultPortal}
-	}
-	adv := c.StringSlice("advertise")
-	if len(adv) > len(listen) {
-		return nil, fmt.Errorf("%d --advertise for %d --portal: give at most one --advertise per --portal, in the same order", len(adv), len(listen))
-	}
-	for i, l := range listen {
-		p := iscsi.Portal{Listen: l, TPGT: 1}
-		if i < len(adv) {
-			p.Advertise = adv[i]
-		}
-		for _, a := range []string{p.Listen, p.Advertise} {
-			if a != "" && !validHostPort(a) {
-				return nil, fmt.Errorf("portal address %q: use HOST:PORT, e.g. 0.0.0.0:3260 or [::]:3260", a)
-			}
-		}
-		o.portals = append(o.portals, p)
-	}
-	api := c.String("api")
-	if !c.IsSet("api") {
-		// `stave --api X serve` sets the global flag.
-		for _, pc := range c.Lineage()[1:] {
-			if pc.IsSet("api") {
-				api = pc.String("api")
-			}
-		}
-	}
-	if api == "" {
-		api = "unix:" + filepath.Join(o.dataDir, socketName)
-	}
-	sock, err := adminapi.SocketPath(api)
-	if err != nil {
-		return nil, fmt.Errorf("--api: %w", err)
-	}
-	o.socket = sock
-	if s := c.String("discovery-chap"); s != "" {
-		u, p, err := parseCred("discovery-chap", s)
-		if err != nil {
+// loadConfig reads the configuration file, applies the flags set on the
+// command line and validates the result (docs/configuration.md). Without
+// --config it reads config.DefaultPath if that exists; --config "" reads
+// no file.
+func loadConfig(c *cli.Context) (*config.Config, error) {
+	cfg := config.Default()
+	switch path := c.String("config"); {
+	case !c.IsSet("config"):
+		var err error
+		if cfg, err = config.LoadFile(config.DefaultPath, true); err != nil {
 			return nil, err
 		}
-		if err := volume.ValidateCHAP("discovery CHAP", u, p); err != nil {
-			return nil, errors.New(strings.TrimPrefix(err.Error(), volume.ErrInvalid.Error()+": "))
+	case path != "":
+		var err error
+		if cfg, err = config.LoadFile(path, false); err != nil {
+			return nil, err
 		}
-		o.discoveryAuth = &login.Auth{User: u, Secret: p}
 	}
-	return o, nil
+	if err := cfg.Merge(c); err != nil {
+		return nil, err
+	}
+	if !c.IsSet("api") {
+		// `stave --api X serve` (or $STAVE_API) sets the global flag.
+		for _, pc := range c.Lineage()[1:] {
+			if pc.IsSet("api") {
+				cfg.API = pc.String("api")
+			}
+		}
+	}
+	if err := cfg.Finish(); err != nil {
+		return nil, err
+	}
+	if err := checkImplemented(cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
 }
 
-func validHostPort(a string) bool {
-	i := strings.LastIndexByte(a, ':')
-	if i < 0 || i == len(a)-1 {
-		return false
+// checkImplemented refuses options that config accepts but serve does not
+// implement yet, so that they are never silently ignored.
+func checkImplemented(cfg *config.Config) error {
+	if cfg.HTTP.Listen != "" {
+		return fmt.Errorf("http.listen (--http-listen) %q: the admin API over TCP is not implemented yet: "+
+			"remove it and use the unix socket (api, --api)", cfg.HTTP.Listen)
 	}
-	for _, r := range a[i+1:] {
-		if r < '0' || r > '9' {
-			return false
-		}
+	if cfg.HTTP.TokenFile != "" {
+		return errors.New("http.token_file (--http-token-file) is set: the admin API over TCP is not implemented yet: remove it")
 	}
-	return true
+	return nil
+}
+
+func serveOptionsFrom(cfg *config.Config) *serveOptions {
+	o := &serveOptions{dataDir: cfg.DataDir, socket: cfg.SocketPath()}
+	for _, p := range cfg.Portals {
+		o.portals = append(o.portals, iscsi.Portal{Listen: p.Listen, Advertise: p.Advertise, TPGT: 1})
+	}
+	if a := cfg.DiscoveryCHAP; a != nil {
+		o.discoveryAuth = &login.Auth{User: a.User, Secret: a.Secret}
+	}
+	return o
 }
 
 func serveAction(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return fmt.Errorf("serve takes no arguments, got %q", c.Args().Slice())
 	}
-	log, err := newLogger(c.App.ErrWriter, c.String("log-level"), c.String("log-format"))
+	cfg, err := loadConfig(c)
 	if err != nil {
 		return err
 	}
-	o, err := parseServeFlags(c)
+	if c.Bool("print-config") {
+		return cfg.Print(c.App.Writer)
+	}
+	log, err := newLogger(c.App.ErrWriter, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
 		return err
 	}
+	o := serveOptionsFrom(cfg)
 	ctx := c.Context
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
@@ -191,6 +188,8 @@ func serveAction(c *cli.Context) error {
 	// pool registers on it.
 	reg := prometheus.NewRegistry()
 	ph := newPoolHost(log, o.dataDir, reg)
+	ph.opts.ScrubRate = int64(cfg.Pool.ScrubRate)
+	ph.opts.GCInterval = cfg.Pool.GCInterval
 	ph.open(ctx)
 	// Deferred calls run last-in first-out: the exports close, then the
 	// pool, after the iSCSI server has drained and the API has stopped.
@@ -209,6 +208,9 @@ func serveAction(c *cli.Context) error {
 		Targets:       exp,
 		DiscoveryAuth: o.discoveryAuth,
 		Limits:        login.DefaultLimits(),
+		NOPInterval:   cfg.ISCSI.NOPInterval,
+		NOPTimeout:    cfg.ISCSI.NOPTimeout,
+		QueueDepth:    cfg.ISCSI.QueueDepth,
 	})
 	if err != nil {
 		return err
@@ -241,10 +243,26 @@ func serveAction(c *cli.Context) error {
 	if ready, ok := c.App.Metadata[readyKey].(func()); ok {
 		ready()
 	}
+	// systemd (Type=notify) learns that start-up is over, and later that
+	// shutdown began: on a signal, or when the server or the API fails.
+	notify := os.Getenv("NOTIFY_SOCKET")
+	if _, err := sdnotify.Notify(notify, sdnotify.Ready, sdnotify.Status("serving on "+strings.Join(addrs, ","))); err != nil {
+		log.Warn("systemd notification failed", logkey.Err, err)
+	}
+	var stopping sync.Once
+	notifyStopping := func() {
+		stopping.Do(func() {
+			if _, err := sdnotify.Notify(notify, sdnotify.Stopping, sdnotify.Status("stopping")); err != nil {
+				log.Warn("systemd notification failed", logkey.Err, err)
+			}
+		})
+	}
 	g, gctx := errgroup.WithContext(ctx)
+	context.AfterFunc(gctx, notifyStopping)
 	g.Go(func() error { return srv.Serve(gctx) })
 	g.Go(func() error { return api.Serve(gctx, ln) })
 	err = g.Wait()
+	notifyStopping() // sent before serve returns, whichever runs first
 	log.Info("stave stopped")
 	return err
 }

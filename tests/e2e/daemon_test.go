@@ -202,6 +202,7 @@ func startDaemon(t *testing.T, extraArgs ...string) *daemon {
 	setPort := func(port int) {
 		d.port = port
 		d.args = []string{"serve",
+			"--config", "/dev/null", // not the host's /etc/stave/stave.yaml
 			"--data-dir", d.dataDir,
 			"--portal", d.Portal(),
 			"--api", "unix:" + d.sock,
