@@ -141,8 +141,14 @@ func (p *Pool) commit(group []*writeReq) error {
 		case group[0].reserve:
 			keep = gcReserve - 1
 		}
+		// swapMu is held from allocate until the batch is applied (tail
+		// moved) or abandoned: ReplaceDevice swaps a device under it, so
+		// every batch written with the old device is in the segment
+		// tails its rebuild then scans.
+		p.swapMu.Lock()
 		row, off, members, err := p.allocate(uint8(k), uint8(m), chunkLen, keep, group[0].gc)
 		if err != nil {
+			p.swapMu.Unlock()
 			return err
 		}
 		p.seq++
@@ -170,9 +176,11 @@ func (p *Pool) commit(group []*writeReq) error {
 			p.m.batchBlocks.Observe(float64(len(blocks)))
 			err = p.applyCommitted(&h, row, off, func(i int) []byte { return blocks[i] })
 			p.doneInflight(row)
+			p.swapMu.Unlock()
 			return err
 		}
 		p.doneInflight(row)
+		p.swapMu.Unlock()
 		lastErr = err
 	}
 	return lastErr
@@ -248,6 +256,15 @@ func (p *Pool) writeStripe(row uint32, off int64, members []uint8, chunks [][]by
 	}
 	wg.Wait()
 	if int(written.Load()) >= k {
+		if int(written.Load()) < len(chunks) {
+			// A degraded stripe: the devices that missed their chunk are
+			// marked (failDevice); persist the marks before the batch is
+			// acknowledged, or a device that comes back at the next Open
+			// would count as a full member while lacking this chunk.
+			if err := p.savePoolFile(); err != nil {
+				return fmt.Errorf("%w: cannot record degraded stripe: %w", ErrDegraded, err)
+			}
+		}
 		return nil
 	}
 	return fmt.Errorf("%w: %d of %d chunks durable: %w", ErrDegraded, written.Load(), len(chunks), errors.Join(errs...))
@@ -882,6 +899,19 @@ func (p *Pool) load(ctx context.Context) error {
 				}
 				torn = append(torn, scanned{row: row, off: off, h: st.h})
 				break
+			}
+			if st.nvalid < len(st.valid) {
+				// A degraded stripe not yet in the index (written but
+				// maybe not acknowledged before a crash, so its marks may
+				// not be in pool.json): its members that miss their chunk
+				// lack chunks until a rebuild or scrub.
+				p.mu.Lock()
+				for i, ok := range st.valid {
+					if !ok {
+						p.markRebuildingLocked(int(st.h.Members[i]))
+					}
+				}
+				p.mu.Unlock()
 			}
 			sc := scanned{row: row, off: off, h: st.h}
 			for _, r := range st.h.Records {

@@ -49,6 +49,7 @@ func (p *Pool) finishRebuilds() {
 	for i := range p.mu.rebuilding {
 		if i < len(p.mu.devs) && p.mu.devs[i].healthy() {
 			delete(p.mu.rebuilding, i)
+			p.mu.poolFileGen++
 			changed = true
 		}
 	}
@@ -193,8 +194,29 @@ func (p *Pool) prepareNewDevice(path string, index, count int) (Device, layout.S
 	return dev, sb, nil
 }
 
+// markRebuildingLocked records that device i lacks chunks (pool.json
+// `rebuilding`, written by the next savePoolFile).
+// REQUIRES: p.mu held.
+func (p *Pool) markRebuildingLocked(i int) {
+	if !p.mu.rebuilding[i] {
+		p.mu.rebuilding[i] = true
+		p.mu.poolFileGen++
+	}
+}
+
+// savePoolFile writes pool.json with the current devices and rebuilding
+// marks. Writes are serialised, and one that finds the state already
+// written (poolFileGen) is skipped, so the file on disk is never older
+// than a state a completed call saw.
 func (p *Pool) savePoolFile() error {
+	p.poolFileMu.Lock()
+	defer p.poolFileMu.Unlock()
 	p.mu.Lock()
+	gen := p.mu.poolFileGen
+	if gen != 0 && gen == p.poolFileSaved {
+		p.mu.Unlock()
+		return nil
+	}
 	pf := poolFile{PoolID: hex.EncodeToString(p.poolID[:]), SegmentSize: p.segSize}
 	for _, d := range p.mu.devs {
 		pf.Devices = append(pf.Devices, d.path)
@@ -203,7 +225,11 @@ func (p *Pool) savePoolFile() error {
 		pf.Rebuilding = append(pf.Rebuilding, i)
 	}
 	p.mu.Unlock()
-	return writePoolFile(p.o.MetaDir, pf)
+	if err := writePoolFile(p.o.MetaDir, pf); err != nil {
+		return err
+	}
+	p.poolFileSaved = gen
+	return nil
 }
 
 // AddDevice adds a device (at least as large as the others) to the pool.
@@ -229,6 +255,7 @@ func (p *Pool) AddDevice(ctx context.Context, path string) error {
 	p.mu.Lock()
 	devs := append(append([]*devSlot(nil), p.mu.devs...), d)
 	p.mu.devs = devs
+	p.mu.poolFileGen++
 	p.updateReasonLocked()
 	p.mu.Unlock()
 	p.log.Info("device added", logkey.Path, path, "device", n)
@@ -258,13 +285,18 @@ func (p *Pool) ReplaceDevice(ctx context.Context, old, new string, progress func
 		return err
 	}
 	nd := &devSlot{path: new, index: slot.index, dev: dev, sb: sb}
+	// Swap under swapMu: a batch in flight with the old device is applied
+	// first, so the segment list below covers it.
+	p.swapMu.Lock()
 	p.mu.Lock()
 	devs := append([]*devSlot(nil), p.mu.devs...)
 	devs[slot.index] = nd
 	p.mu.devs = devs
 	p.mu.rebuilding[slot.index] = true
+	p.mu.poolFileGen++
 	p.updateReasonLocked()
 	p.mu.Unlock()
+	p.swapMu.Unlock()
 	if slot.dev != nil {
 		slot.dev.Close()
 	}
@@ -296,6 +328,7 @@ func (p *Pool) ReplaceDevice(ctx context.Context, old, new string, progress func
 	}
 	p.mu.Lock()
 	delete(p.mu.rebuilding, slot.index)
+	p.mu.poolFileGen++
 	p.updateReasonLocked()
 	p.mu.Unlock()
 	p.log.Info("rebuild done", "new", new, "stripes", rep.Stripes, "repaired", rep.Repaired)

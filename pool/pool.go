@@ -77,8 +77,17 @@ type Pool struct {
 	encMu sync.Mutex
 	encs  map[[2]int]reedsolomon.Encoder
 
+	// swapMu is held by commit from allocate until its batch is applied
+	// and by ReplaceDevice while it swaps in the new device, so that no
+	// batch written with the old device is applied after the rebuild
+	// took its list of segments and tails.
+	swapMu sync.Mutex
 	// repairMu serialises stripe repairs.
 	repairMu sync.Mutex
+	// poolFileMu serialises writes of pool.json; poolFileSaved is the
+	// Pool.mu.poolFileGen last written (guarded by poolFileMu).
+	poolFileMu    sync.Mutex
+	poolFileSaved uint64
 	// segMu orders index updates with segment frees (held by
 	// applyCommitted and freeSegment).
 	segMu sync.Mutex
@@ -102,10 +111,13 @@ type Pool struct {
 		sealed     []uint32            // rows sealed since the last index update
 		freed      chan struct{}       // closed (and replaced) when GC frees a segment
 		rebuilding map[int]bool        // devices whose rebuild is incomplete
-		vols       map[string]*volMeta
-		volByID    map[uint64]*volMeta
-		maxVolID   uint64
-		reason     string
+		// poolFileGen counts changes to what pool.json records (devices,
+		// rebuilding); see savePoolFile.
+		poolFileGen uint64
+		vols        map[string]*volMeta
+		volByID     map[uint64]*volMeta
+		maxVolID    uint64
+		reason      string
 	}
 }
 
@@ -357,6 +369,13 @@ func Open(ctx context.Context, o Options) (*Pool, error) {
 		p.closeDevices()
 		return nil, err
 	}
+	// Persist the rebuilding marks found by replay before the pool is
+	// used (and a device missing chunks could be counted as healthy).
+	if err := p.savePoolFile(); err != nil {
+		db.Close()
+		p.closeDevices()
+		return nil, err
+	}
 	p.updateReason()
 	p.wg.Add(2)
 	go p.committer()
@@ -513,6 +532,11 @@ func (p *Pool) failDevice(d *devSlot, err error) {
 		return
 	}
 	d.state.Store(uint32(DeviceFailed))
+	// The device misses every chunk written from now on, also if it comes
+	// back at the next Open: mark it as lacking chunks until a rebuild or
+	// scrub. writeStripe persists the mark (savePoolFile) before a batch
+	// that skipped the device is acknowledged.
+	p.markRebuildingLocked(d.index)
 	// Seal open segments that use d: new batches go elsewhere.
 	for key, row := range p.mu.open {
 		s := p.mu.segs[row]
