@@ -240,7 +240,11 @@ func (c *conn) checkJoin(st *loginState, m *login.Machine) login.Status {
 	if s.mu.closed {
 		return login.StatusSessionDoesNotExist
 	}
-	if _, reinstate := s.mu.conns[st.cid]; !reinstate && len(s.mu.conns) >= int(max(1, s.params.MaxConnections)) {
+	n := len(s.mu.conns)
+	if s.mu.leaderPending {
+		n++ // the leading connection has its final response but is not added yet
+	}
+	if _, reinstate := s.mu.conns[st.cid]; !reinstate && n >= int(max(1, s.params.MaxConnections)) {
 		return login.StatusTooManyConnections
 	}
 	return login.StatusSuccess

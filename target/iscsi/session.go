@@ -59,6 +59,10 @@ type session struct {
 		conns     map[uint16]*conn
 		closed    bool
 		seq       uint64
+		// leaderPending is true from the leading login's final response
+		// until its connection is added: a joining login must count it,
+		// or it could slip in through that window past MaxConnections.
+		leaderPending bool
 	}
 }
 
@@ -77,6 +81,7 @@ func newSession(srv *Server, c *conn, p login.Params, isid [6]byte, cmdSN uint32
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(srv.baseCtx))
 	s.mu.cond = sync.NewCond(&s.mu.Mutex)
 	s.mu.win = newCmdWindow(cmdSN, uint32(srv.cfg.QueueDepth))
+	s.mu.leaderPending = true
 	s.mu.tasks = make(map[uint32]*task)
 	s.mu.conns = make(map[uint16]*conn)
 	return s
@@ -226,6 +231,7 @@ func (s *session) addConn(ctx context.Context, c *conn) error {
 		return fmt.Errorf("iscsi: too many connections in session")
 	}
 	s.mu.conns[c.cid] = c
+	s.mu.leaderPending = false
 	s.mu.Unlock()
 	if old != nil {
 		s.log.Info("iscsi: connection reinstatement", "cid", c.cid)
