@@ -124,6 +124,24 @@ func client(c *cli.Context) (*adminapi.Client, error) {
 	return adminapi.NewClient(c.String("api"))
 }
 
+// withAPI is the common preamble of the client verbs: it validates
+// --output, connects to the admin API and runs fn with a call-scoped
+// context, closing both afterwards.
+func withAPI(c *cli.Context, fn func(ctx context.Context, cl *adminapi.Client, o string) error) error {
+	o, err := output(c)
+	if err != nil {
+		return err
+	}
+	cl, err := client(c)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := callCtx(c)
+	defer cancel()
+	return fn(ctx, cl, o)
+}
+
 // output returns the global --output format, validated.
 func output(c *cli.Context) (string, error) {
 	o := c.String("output")
@@ -257,59 +275,50 @@ func volumeShow(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	o, err := output(c)
-	if err != nil {
-		return err
-	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	ctx, cancel := callCtx(c)
-	defer cancel()
-	v, err := cl.GetVolume(ctx, name)
-	if err != nil {
-		return err
-	}
-	if o == "json" {
-		return writeJSON(c.App.Writer, v)
-	}
-	acl := "any initiator"
-	if len(v.ACL) > 0 {
-		acl = strings.Join(v.ACL, ", ")
-	}
-	chap := "off"
-	if v.CHAPUser != "" {
-		chap = "user " + v.CHAPUser
-		if v.MutualCHAPUser != "" {
-			chap += ", mutual (target user " + v.MutualCHAPUser + ")"
+	return withAPI(c, func(ctx context.Context, cl *adminapi.Client, o string) error {
+		v, err := cl.GetVolume(ctx, name)
+		if err != nil {
+			return err
 		}
-	}
-	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-	for _, kv := range [][2]string{
-		{"Name", v.Name},
-		{"Target", v.Target},
-		{"LUN", strconv.Itoa(v.LUN)},
-		{"Size", fmt.Sprintf("%s (%d bytes)", formatSize(v.Size), v.Size)},
-		{"Used", fmt.Sprintf("%s (%d bytes)", formatSize(v.Allocated), v.Allocated)},
-		{"Block size", strconv.Itoa(v.BlockSize)},
-		{"Backend", backendText(*v)},
-		{"Created", v.Created.Format(time.RFC3339)},
-		{"UUID", v.UUID},
-		{"Serial", v.Serial},
-		{"NAA", v.NAA},
-		{"ACL", acl},
-		{"CHAP", chap},
-		{"Sessions", strconv.Itoa(v.Sessions)},
-		{"Exported", exportedText(v.Exported)},
-	} {
-		if kv[0] == "Backend" && v.Origin != "" {
-			kv[1] += ", clone of " + v.Origin
+		if o == "json" {
+			return writeJSON(c.App.Writer, v)
 		}
-		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
-	}
-	return tw.Flush()
+		acl := "any initiator"
+		if len(v.ACL) > 0 {
+			acl = strings.Join(v.ACL, ", ")
+		}
+		chap := "off"
+		if v.CHAPUser != "" {
+			chap = "user " + v.CHAPUser
+			if v.MutualCHAPUser != "" {
+				chap += ", mutual (target user " + v.MutualCHAPUser + ")"
+			}
+		}
+		tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+		for _, kv := range [][2]string{
+			{"Name", v.Name},
+			{"Target", v.Target},
+			{"LUN", strconv.Itoa(v.LUN)},
+			{"Size", fmt.Sprintf("%s (%d bytes)", formatSize(v.Size), v.Size)},
+			{"Used", fmt.Sprintf("%s (%d bytes)", formatSize(v.Allocated), v.Allocated)},
+			{"Block size", strconv.Itoa(v.BlockSize)},
+			{"Backend", backendText(*v)},
+			{"Created", v.Created.Format(time.RFC3339)},
+			{"UUID", v.UUID},
+			{"Serial", v.Serial},
+			{"NAA", v.NAA},
+			{"ACL", acl},
+			{"CHAP", chap},
+			{"Sessions", strconv.Itoa(v.Sessions)},
+			{"Exported", exportedText(v.Exported)},
+		} {
+			if kv[0] == "Backend" && v.Origin != "" {
+				kv[1] += ", clone of " + v.Origin
+			}
+			fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+		}
+		return tw.Flush()
+	})
 }
 
 // backendText renders where a volume lives: "file" or "pool 2+1".
@@ -332,25 +341,16 @@ func volumeDelete(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	o, err := output(c)
-	if err != nil {
-		return err
-	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	ctx, cancel := callCtx(c)
-	defer cancel()
-	if err := cl.DeleteVolume(ctx, name); err != nil {
-		return err
-	}
-	if o == "json" {
-		return writeJSON(c.App.Writer, map[string]string{"deleted": name})
-	}
-	fmt.Fprintf(c.App.Writer, "deleted volume %s\n", name)
-	return nil
+	return withAPI(c, func(ctx context.Context, cl *adminapi.Client, o string) error {
+		if err := cl.DeleteVolume(ctx, name); err != nil {
+			return err
+		}
+		if o == "json" {
+			return writeJSON(c.App.Writer, map[string]string{"deleted": name})
+		}
+		fmt.Fprintf(c.App.Writer, "deleted volume %s\n", name)
+		return nil
+	})
 }
 
 // paramSummary renders the negotiated parameters worth a glance, in order.
@@ -371,35 +371,26 @@ func paramSummary(p map[string]string) string {
 }
 
 func sessionList(c *cli.Context) error {
-	o, err := output(c)
-	if err != nil {
-		return err
-	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	ctx, cancel := callCtx(c)
-	defer cancel()
-	ss, err := cl.Sessions(ctx)
-	if err != nil {
-		return err
-	}
-	if o == "json" {
-		return writeJSON(c.App.Writer, ss)
-	}
-	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "INITIATOR\tISID\tTSIH\tTYPE\tTARGET\tPORTAL\tREMOTE\tCONNS\tPARAMETERS")
-	for _, s := range ss {
-		tgt := s.TargetName
-		if tgt == "" {
-			tgt = "-"
+	return withAPI(c, func(ctx context.Context, cl *adminapi.Client, o string) error {
+		ss, err := cl.Sessions(ctx)
+		if err != nil {
+			return err
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", s.InitiatorName, s.ISID, s.TSIH, s.Type, tgt,
-			s.Portal, s.Remote, s.Connections, paramSummary(s.Params))
-	}
-	return tw.Flush()
+		if o == "json" {
+			return writeJSON(c.App.Writer, ss)
+		}
+		tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "INITIATOR\tISID\tTSIH\tTYPE\tTARGET\tPORTAL\tREMOTE\tCONNS\tPARAMETERS")
+		for _, s := range ss {
+			tgt := s.TargetName
+			if tgt == "" {
+				tgt = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", s.InitiatorName, s.ISID, s.TSIH, s.Type, tgt,
+				s.Portal, s.Remote, s.Connections, paramSummary(s.Params))
+		}
+		return tw.Flush()
+	})
 }
 
 func versionAction(c *cli.Context) error {

@@ -193,25 +193,16 @@ func poolStatus(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return errArgs(c, "no arguments")
 	}
-	o, err := output(c)
-	if err != nil {
-		return err
-	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	ctx, cancel := callCtx(c)
-	defer cancel()
-	st, err := cl.PoolStatus(ctx)
-	if err != nil {
-		return err
-	}
-	if o == "json" {
-		return writeJSON(c.App.Writer, st)
-	}
-	return writePoolStatus(c.App.Writer, st)
+	return withAPI(c, func(ctx context.Context, cl *adminapi.Client, o string) error {
+		st, err := cl.PoolStatus(ctx)
+		if err != nil {
+			return err
+		}
+		if o == "json" {
+			return writeJSON(c.App.Writer, st)
+		}
+		return writePoolStatus(c.App.Writer, st)
+	})
 }
 
 func writePoolStatus(w io.Writer, st *adminapi.PoolStatus) error {
@@ -567,26 +558,17 @@ func snapshotCreate(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	o, err := output(c)
-	if err != nil {
-		return err
-	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	ctx, cancel := callCtx(c)
-	defer cancel()
-	s, err := cl.CreateSnapshot(ctx, vol, snap)
-	if err != nil {
-		return err
-	}
-	if o == "json" {
-		return writeJSON(c.App.Writer, s)
-	}
-	fmt.Fprintf(c.App.Writer, "created snapshot %s@%s\n", vol, snap)
-	return nil
+	return withAPI(c, func(ctx context.Context, cl *adminapi.Client, o string) error {
+		s, err := cl.CreateSnapshot(ctx, vol, snap)
+		if err != nil {
+			return err
+		}
+		if o == "json" {
+			return writeJSON(c.App.Writer, s)
+		}
+		fmt.Fprintf(c.App.Writer, "created snapshot %s@%s\n", vol, snap)
+		return nil
+	})
 }
 
 func snapshotList(c *cli.Context) error {
@@ -598,34 +580,25 @@ func snapshotList(c *cli.Context) error {
 	default:
 		return errArgs(c, "at most one VOLUME")
 	}
-	o, err := output(c)
-	if err != nil {
-		return err
-	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	ctx, cancel := callCtx(c)
-	defer cancel()
-	ss, err := cl.Snapshots(ctx, vol)
-	if err != nil {
-		return err
-	}
-	if o == "json" {
-		return writeJSON(c.App.Writer, ss)
-	}
-	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VOLUME\tSNAPSHOT\tCREATED\tVERSION")
-	for _, s := range ss {
-		created := "-"
-		if !s.Created.IsZero() {
-			created = s.Created.UTC().Format(time.RFC3339)
+	return withAPI(c, func(ctx context.Context, cl *adminapi.Client, o string) error {
+		ss, err := cl.Snapshots(ctx, vol)
+		if err != nil {
+			return err
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Volume, s.Name, created, strconv.FormatUint(s.Version, 10))
-	}
-	return tw.Flush()
+		if o == "json" {
+			return writeJSON(c.App.Writer, ss)
+		}
+		tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "VOLUME\tSNAPSHOT\tCREATED\tVERSION")
+		for _, s := range ss {
+			created := "-"
+			if !s.Created.IsZero() {
+				created = s.Created.UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Volume, s.Name, created, strconv.FormatUint(s.Version, 10))
+		}
+		return tw.Flush()
+	})
 }
 
 func snapshotDelete(c *cli.Context) error {
@@ -633,25 +606,16 @@ func snapshotDelete(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	o, err := output(c)
-	if err != nil {
-		return err
-	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	ctx, cancel := callCtx(c)
-	defer cancel()
-	if err := cl.DeleteSnapshot(ctx, vol, snap); err != nil {
-		return err
-	}
-	if o == "json" {
-		return writeJSON(c.App.Writer, map[string]string{"deleted": vol + "@" + snap})
-	}
-	fmt.Fprintf(c.App.Writer, "deleted snapshot %s@%s\n", vol, snap)
-	return nil
+	return withAPI(c, func(ctx context.Context, cl *adminapi.Client, o string) error {
+		if err := cl.DeleteSnapshot(ctx, vol, snap); err != nil {
+			return err
+		}
+		if o == "json" {
+			return writeJSON(c.App.Writer, map[string]string{"deleted": vol + "@" + snap})
+		}
+		fmt.Fprintf(c.App.Writer, "deleted snapshot %s@%s\n", vol, snap)
+		return nil
+	})
 }
 
 // volumeClone serves `volume clone VOL SNAPSHOT NEWVOL` and
@@ -677,26 +641,17 @@ func volumeClone(c *cli.Context) error {
 	if err != nil {
 		return errors.New(strings.TrimPrefix(err.Error(), volume.ErrInvalid.Error()+": "))
 	}
-	o, err := output(c)
-	if err != nil {
-		return err
-	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	ctx, cancel := callCtx(c)
-	defer cancel()
-	v, err := cl.Clone(ctx, vol, snap, nv)
-	if err != nil {
-		return err
-	}
-	if o == "json" {
-		return writeJSON(c.App.Writer, v)
-	}
-	fmt.Fprintf(c.App.Writer, "created volume %s (%s) from %s@%s, target %s LUN %d\n", v.Name, formatSize(v.Size), vol, snap, v.Target, v.LUN)
-	return nil
+	return withAPI(c, func(ctx context.Context, cl *adminapi.Client, o string) error {
+		v, err := cl.Clone(ctx, vol, snap, nv)
+		if err != nil {
+			return err
+		}
+		if o == "json" {
+			return writeJSON(c.App.Writer, v)
+		}
+		fmt.Fprintf(c.App.Writer, "created volume %s (%s) from %s@%s, target %s LUN %d\n", v.Name, formatSize(v.Size), vol, snap, v.Target, v.LUN)
+		return nil
+	})
 }
 
 // volumeRevert serves `volume revert VOL SNAPSHOT` and `volume revert VOL@SNAPSHOT`.
@@ -705,24 +660,15 @@ func volumeRevert(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	o, err := output(c)
-	if err != nil {
-		return err
-	}
-	cl, err := client(c)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	ctx, cancel := callCtx(c)
-	defer cancel()
-	v, err := cl.Revert(ctx, vol, snap)
-	if err != nil {
-		return err
-	}
-	if o == "json" {
-		return writeJSON(c.App.Writer, v)
-	}
-	fmt.Fprintf(c.App.Writer, "reverted volume %s to snapshot %s\n", vol, snap)
-	return nil
+	return withAPI(c, func(ctx context.Context, cl *adminapi.Client, o string) error {
+		v, err := cl.Revert(ctx, vol, snap)
+		if err != nil {
+			return err
+		}
+		if o == "json" {
+			return writeJSON(c.App.Writer, v)
+		}
+		fmt.Fprintf(c.App.Writer, "reverted volume %s to snapshot %s\n", vol, snap)
+		return nil
+	})
 }
