@@ -98,6 +98,7 @@ type conn struct {
 	replaced       atomic.Bool // a connection with the same CID took over
 	logoutConnOnly atomic.Bool // logged out alone; the session may go on
 	ownsNewSession bool        // login allocated c.sess and has not attached
+	pendingIn      *session    // the session where the login holds a pending slot (under its mu)
 }
 
 func newConn(s *Server, nc net.Conn, p *portalState) *conn {
@@ -133,6 +134,9 @@ func (c *conn) serve() {
 	c.nc.SetDeadline(time.Now().Add(c.srv.cfg.LoginTimeout))
 	if err := c.loginPhase(ctx); err != nil {
 		c.log.Debug("iscsi: login ended", logkey.Err, err)
+		if c.pendingIn != nil {
+			c.pendingIn.releasePending(c)
+		}
 		if c.ownsNewSession && c.sess != nil {
 			c.sess.close()
 		}

@@ -240,13 +240,14 @@ func (c *conn) checkJoin(st *loginState, m *login.Machine) login.Status {
 	if s.mu.closed {
 		return login.StatusSessionDoesNotExist
 	}
-	n := len(s.mu.conns)
-	if s.mu.leaderPending {
-		n++ // the leading connection has its final response but is not added yet
+	if _, reinstate := s.mu.conns[st.cid]; !reinstate {
+		if len(s.mu.conns)+s.mu.pending >= int(max(1, s.params.MaxConnections)) {
+			return login.StatusTooManyConnections
+		}
 	}
-	if _, reinstate := s.mu.conns[st.cid]; !reinstate && n >= int(max(1, s.params.MaxConnections)) {
-		return login.StatusTooManyConnections
-	}
+	// Hold a slot from the final response until addConn.
+	s.mu.pending++
+	c.pendingIn = s
 	return login.StatusSuccess
 }
 
@@ -267,6 +268,7 @@ func (c *conn) newSession(ctx context.Context, st *loginState, m *login.Machine)
 	s.log = c.srv.log.With(sessionLogAttrs(p, st.isid, s.tsih)...)
 	c.sess = s
 	c.ownsNewSession = true
+	c.pendingIn = s // newSession counted the leading connection
 	return nil
 }
 

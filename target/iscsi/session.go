@@ -59,10 +59,11 @@ type session struct {
 		conns     map[uint16]*conn
 		closed    bool
 		seq       uint64
-		// leaderPending is true from the leading login's final response
-		// until its connection is added: a joining login must count it,
-		// or it could slip in through that window past MaxConnections.
-		leaderPending bool
+		// pending counts connections whose login has been accepted (the
+		// final Login Response is on its way or sent) but that are not
+		// attached yet. They count against MaxConnections and in info, so
+		// a concurrent login cannot slip past the limit in that window.
+		pending int
 	}
 }
 
@@ -81,7 +82,7 @@ func newSession(srv *Server, c *conn, p login.Params, isid [6]byte, cmdSN uint32
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(srv.baseCtx))
 	s.mu.cond = sync.NewCond(&s.mu.Mutex)
 	s.mu.win = newCmdWindow(cmdSN, uint32(srv.cfg.QueueDepth))
-	s.mu.leaderPending = true
+	s.mu.pending = 1 // the leading connection
 	s.mu.tasks = make(map[uint32]*task)
 	s.mu.conns = make(map[uint16]*conn)
 	return s
@@ -221,17 +222,16 @@ func (c *conn) execOrdered(p *PDU) error {
 // existing one reinstates it (RFC 7143 §6.3.4): the old one is closed.
 func (s *session) addConn(ctx context.Context, c *conn) error {
 	s.mu.Lock()
+	if c.pendingIn == s {
+		c.pendingIn = nil
+		s.mu.pending--
+	}
 	if s.mu.closed {
 		s.mu.Unlock()
 		return errConnClosed
 	}
 	old := s.mu.conns[c.cid]
-	if old == nil && len(s.mu.conns) >= int(max(1, s.params.MaxConnections)) {
-		s.mu.Unlock()
-		return fmt.Errorf("iscsi: too many connections in session")
-	}
 	s.mu.conns[c.cid] = c
-	s.mu.leaderPending = false
 	s.mu.Unlock()
 	if old != nil {
 		s.log.Info("iscsi: connection reinstatement", "cid", c.cid)
@@ -239,6 +239,17 @@ func (s *session) addConn(ctx context.Context, c *conn) error {
 		old.abort()
 	}
 	return nil
+}
+
+// releasePending gives back the slot of a connection whose accepted
+// login ended before it was attached.
+func (s *session) releasePending(c *conn) {
+	s.mu.Lock()
+	if c.pendingIn == s {
+		c.pendingIn = nil
+		s.mu.pending--
+	}
+	s.mu.Unlock()
 }
 
 // connGone detaches a connection whose goroutines have ended. At
@@ -328,7 +339,7 @@ func (s *session) loseNexus() {
 // info describes the session.
 func (s *session) info() SessionInfo {
 	s.mu.Lock()
-	n := len(s.mu.conns)
+	n := len(s.mu.conns) + s.mu.pending
 	s.mu.Unlock()
 	return SessionInfo{
 		InitiatorName:  s.params.InitiatorName,
