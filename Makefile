@@ -2,6 +2,7 @@
 # (run by `make test`), Debian's apt.
 
 GO       ?= go
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 BIN      := bin/stave
 DATA     ?= ./stave-data
 PORTAL   ?= [::]:3260
@@ -62,6 +63,7 @@ fmt-check:
 
 vet:
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
 # unit runs every package's tests with the race detector, end-to-end suites excluded;
 # the pool's crash and fault suite (kill -9 loops, power cuts) runs without it, as

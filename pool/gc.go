@@ -331,7 +331,7 @@ func (p *Pool) freeSegment(row uint32, members []uint8) error {
 	// Wait for readers that looked up a location in this segment before
 	// the cleaner moved its blocks.
 	p.readMu.Lock()
-	p.readMu.Unlock()
+	p.readMu.Unlock() //lint:ignore SA2001 a barrier: wait for readers that hold readMu.RLock
 	zero := make([]byte, layout.BlockSize)
 	devs := p.devices()
 	// Record the free in the free table of every healthy device, so that

@@ -19,7 +19,6 @@ const (
 )
 
 type testPool struct {
-	t    *testing.T
 	dir  string
 	devs []string
 	opts Options

@@ -315,11 +315,11 @@ pool: {scrub_rate: 1536KiB}
 	if !strings.Contains(b.String(), "scrub_rate: 1536KiB") {
 		t.Errorf("size not printed with its unit:\n%s", b.String())
 	}
-	d, err := load(b.String(), nil)
+	_, err = load(b.String(), nil)
 	if err == nil || !strings.Contains(err.Error(), "discovery_chap.secret") {
 		t.Fatalf("a redacted secret (10 characters) must not validate: %v", err)
 	}
-	d, err = load(strings.Replace(b.String(), "<redacted>", "0123456789ab", 1), nil)
+	d, err := load(strings.Replace(b.String(), "<redacted>", "0123456789ab", 1), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,7 +35,6 @@ type loginState struct {
 	text           []byte   // reassembled request text
 	pending        [][]byte // remaining parts of a split response
 	pendingResp    login.Response
-	pendingHasTSIH bool
 }
 
 // loginPhase runs the login of the connection (RFC 7143 §6). On success
