@@ -50,7 +50,7 @@ func (v *Volume) Resync(ctx context.Context, peer Peer, progress func(ResyncProg
 	v.mu.Lock()
 	v.mu.links = append(v.mu.links, l)
 	v.mu.Unlock()
-	v.log.Info("resync started", keyNode, peer.Node)
+	v.log.Info("resync started", logkey.Node, peer.Node)
 	st, err := v.syncLink(ctx, l, progress)
 	if err != nil {
 		v.unlink(l)
@@ -67,7 +67,7 @@ func (v *Volume) Resync(ctx context.Context, peer Peer, progress func(ResyncProg
 		v.Fence(err)
 		return st, err
 	}
-	v.log.Info("replica back in the ISR", keyNode, peer.Node, keyRegionsCopied, st.RegionsCopied, keyBytesSent, st.BytesSent)
+	v.log.Info("replica back in the ISR", logkey.Node, peer.Node, logkey.RegionsCopied, st.RegionsCopied, logkey.BytesSent, st.BytesSent)
 	return st, nil
 }
 
@@ -132,7 +132,7 @@ func (v *Volume) syncLink(ctx context.Context, l *link, progress func(ResyncProg
 			progress(st)
 		}
 	}
-	v.log.Debug("region sync done", keyNode, l.peer.Node, keyRegionsCopied, st.RegionsCopied, keyBytesSent, st.BytesSent, logkey.Count, st.Regions)
+	v.log.Debug("region sync done", logkey.Node, l.peer.Node, logkey.RegionsCopied, st.RegionsCopied, logkey.BytesSent, st.BytesSent, logkey.Count, st.Regions)
 	return st, nil
 }
 

@@ -56,7 +56,7 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = 10 * time.Second
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With(logkey.Component, "replica", keyNode, cfg.Node)}
+	s := &Server{cfg: cfg, log: cfg.Logger.With(logkey.Component, "replica", logkey.Node, cfg.Node)}
 	s.mu.gates = map[string]*sync.RWMutex{}
 	return s
 }
@@ -187,7 +187,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) error {
 		return err
 	}
 	release()
-	s.log.Info("owner connected", logkey.Volume, h.Volume, logkey.Epoch, h.Epoch, keyOwner, h.Node, logkey.Remote, c.RemoteAddr().String())
+	s.log.Info("owner connected", logkey.Volume, h.Volume, logkey.Epoch, h.Epoch, logkey.Owner, h.Node, logkey.Remote, c.RemoteAddr().String())
 	if err := cn.reply(f.ID, Ack{Status: StatusOK, Epoch: highest}); err != nil {
 		return err
 	}

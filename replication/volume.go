@@ -153,7 +153,7 @@ func OpenVolume(ctx context.Context, cfg VolumeConfig) (*Volume, error) {
 			return nil, err
 		}
 		if err != nil {
-			v.log.Error("replica unreachable at open", keyNode, p.Node, logkey.Err, err)
+			v.log.Error("replica unreachable at open", logkey.Node, p.Node, logkey.Err, err)
 			if err := v.removeFromISR(ctx, p.Node); err != nil {
 				v.Close()
 				return nil, err
@@ -165,14 +165,14 @@ func OpenVolume(ctx context.Context, cfg VolumeConfig) (*Volume, error) {
 	}
 	for _, l := range v.links() {
 		if _, err := v.syncLink(ctx, l, nil); err != nil {
-			v.log.Error("reconcile failed", keyNode, l.peer.Node, logkey.Err, err)
+			v.log.Error("reconcile failed", logkey.Node, l.peer.Node, logkey.Err, err)
 			if err := v.dropLink(l, err); err != nil {
 				v.Close()
 				return nil, err
 			}
 		}
 	}
-	v.log.Info("volume serving", keyReplicas, len(v.links()))
+	v.log.Info("volume serving", logkey.Replicas, len(v.links()))
 	return v, nil
 }
 
@@ -514,7 +514,7 @@ func (v *Volume) dropLink(l *link, cause error) error {
 		return nil
 	}
 	l.removeOnce.Do(func() {
-		v.log.Warn("replica failed; removing it from the ISR", keyNode, l.peer.Node, logkey.Err, cause)
+		v.log.Warn("replica failed; removing it from the ISR", logkey.Node, l.peer.Node, logkey.Err, cause)
 		l.removeErr = v.removeFromISR(v.ctx, l.peer.Node)
 		if l.removeErr == nil {
 			v.unlink(l)
@@ -535,6 +535,6 @@ func (v *Volume) removeFromISR(ctx context.Context, node string) error {
 		v.Fence(err)
 		return err
 	}
-	v.log.Info("replica removed from the ISR", keyNode, node)
+	v.log.Info("replica removed from the ISR", logkey.Node, node)
 	return nil
 }

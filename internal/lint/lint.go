@@ -4,8 +4,8 @@
 //
 //   - no fmt.Print*/log.* outside cmd/, tools/, tests/ and _test.go files
 //     (components log through the *slog.Logger in their Config);
-//   - no time.Now/Since/Until in the pure packages target/iscsi/login and
-//     target/scsi/pr (they take time as an argument);
+//   - no time.Now/Since/Until in the pure packages target/iscsi/login,
+//     target/scsi/pr and cluster/ownership (they take time as an argument);
 //   - no raw sync/atomic functions (atomic.AddInt64 …): use the typed
 //     atomic.Int64 and friends;
 //   - no init functions outside tests (no init() registration);

@@ -55,4 +55,14 @@ const (
 	Volumes = "volumes"
 	// Sessions is a number of sessions.
 	Sessions = "sessions"
+	// Node is a cluster node ID.
+	Node = "node"
+	// Owner is the node that owns a volume.
+	Owner = "owner"
+	// Replicas is a set or number of replica nodes.
+	Replicas = "replicas"
+	// RegionsCopied is a number of regions copied by a resync.
+	RegionsCopied = "regions_copied"
+	// BytesSent is a number of bytes sent to a peer.
+	BytesSent = "bytes_sent"
 )
