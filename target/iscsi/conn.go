@@ -10,9 +10,12 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"stave.dev/stave/internal/logkey"
 	"stave.dev/stave/target/iscsi/login"
@@ -51,9 +54,11 @@ var (
 // aLongTimeAgo unblocks pending reads when set as a deadline.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// conn is one iSCSI connection. The reader goroutine owns r, the login
-// machine and the text state; the writer goroutine owns w* fields and the
-// socket's write side; q is shared under qmu.
+// conn is one iSCSI connection. The reader goroutine (one at a time, see
+// rescue) owns r, the login machine and the text state; the goroutine
+// that writes (qmu.state: a completing task in push, or the writer
+// goroutine) owns the w* fields and the socket's write side; q is shared
+// under qmu.
 type conn struct {
 	srv    *Server
 	nc     net.Conn
@@ -76,16 +81,42 @@ type conn struct {
 		sync.Mutex
 		q      []outPDU
 		closed bool
+		state  uint8 // wIdle, wDirect or wWriter: who writes
 	}
 	notify     chan struct{} // cap 1: queue non-empty
 	writerDone chan struct{}
 
-	// Writer-owned.
-	statSN uint32
-	wbatch []outPDU
-	warena []byte
-	wbufs  [][]byte
-	wnb    net.Buffers
+	// rc writes to the socket without blocking (push); nil when the
+	// net.Conn has no file descriptor (tests over net.Pipe).
+	rc       syscall.RawConn
+	writevFn func(fd uintptr) // c.writev, bound once
+	debug    bool             // debug logging enabled, read at login
+
+	// Owned by the goroutine that writes (qmu.state wDirect or wWriter).
+	statSN   uint32
+	wbatch   []outPDU // the batch being written
+	wspare   []outPDU // the other queue array, swapped with qmu.q
+	warena   []byte
+	wbufs    [][]byte
+	wnb      net.Buffers // what is left to write of wbatch
+	wiov     []unix.Iovec
+	wpending bool // wbatch is framed and not fully written
+	wclose   bool // wbatch ends with a closeAfter PDU
+	wok      bool // tryWrite's result
+
+	// inlineBusy is set while the reader runs a command itself (see
+	// session.command); the NOP-In pinger then waits.
+	inlineBusy atomic.Bool
+	// inline is the reader's inline state (inlineNone, inlineRunning,
+	// inlineRescued); rescueTimer fires rescue, reader is the reader
+	// goroutine's function and group the connection's errgroup.
+	inline      atomic.Uint64
+	rescueTimer *time.Timer
+	reader      func() error
+	group       *errgroup.Group
+	// inlineSkip (reader-owned) counts commands still to hand to
+	// workers after an inline command was slow.
+	inlineSkip int
 
 	ctx       context.Context    // the connection's context (from the server's)
 	cancel    context.CancelFunc // cancels the connection's goroutines
@@ -95,10 +126,11 @@ type conn struct {
 	// Reader-owned text request state (RFC 7143 §11.10).
 	text textState
 
-	replaced       atomic.Bool // a connection with the same CID took over
-	logoutConnOnly atomic.Bool // logged out alone; the session may go on
-	ownsNewSession bool        // login allocated c.sess and has not attached
-	pendingIn      *session    // the session where the login holds a pending slot (under its mu)
+	replaced        atomic.Bool // a connection with the same CID took over
+	logoutRequested atomic.Bool // an Async Message asked the initiator to log out (shutdown)
+	logoutConnOnly  atomic.Bool // logged out alone; the session may go on
+	ownsNewSession  bool        // login allocated c.sess and has not attached
+	pendingIn       *session    // the session where the login holds a pending slot (under its mu)
 }
 
 func newConn(s *Server, nc net.Conn, p *portalState) *conn {
@@ -114,6 +146,13 @@ func newConn(s *Server, nc net.Conn, p *portalState) *conn {
 	}
 	c.log = s.log.With(logkey.Remote, c.remote, logkey.Portal, c.local)
 	c.ctx, c.cancel = context.WithCancel(s.baseCtx)
+	if sc, ok := nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			c.rc = rc
+			c.writevFn = c.writev
+		}
+	}
+	c.debug = c.log.Enabled(c.ctx, slog.LevelDebug)
 	return c
 }
 
@@ -158,7 +197,7 @@ func (c *conn) fullFeature(ctx context.Context) error {
 		defer close(c.writerDone)
 		return c.writeLoop(gctx)
 	})
-	g.Go(func() error {
+	c.reader = func() error {
 		err := c.readLoop(gctx)
 		if errors.Is(err, errFlushClose) {
 			// Let the writer send what is queued, bounded in time.
@@ -168,37 +207,91 @@ func (c *conn) fullFeature(ctx context.Context) error {
 			return err
 		}
 		return err
-	})
+	}
+	c.group = g
+	c.rescueTimer = time.AfterFunc(time.Hour, c.rescue)
+	c.rescueTimer.Stop()
+	g.Go(c.reader)
 	err := g.Wait()
+	c.rescueTimer.Stop()
 	c.qmu.Lock()
 	c.qmu.closed = true
 	q := c.qmu.q
 	c.qmu.q = nil
+	writerOwned := c.qmu.state == wWriter
 	c.qmu.Unlock()
 	for i := range q {
 		if q[i].release != nil {
 			q[i].release.unref()
 		}
 	}
+	if writerOwned {
+		// The writer stopped in the middle of a batch (error or
+		// closeAfter); a goroutine in state wDirect releases its own.
+		c.finishBatch()
+	}
 	return err
 }
 
-// queue appends o to the send queue. It never blocks. After the
+// Writer states (conn.qmu.state): who may write to the socket. Exactly
+// one goroutine writes at a time, and it drains the queue before it gives
+// the socket up, so a PDU queued while someone writes is sent by them.
+const (
+	wIdle   uint8 = iota // nobody writes; the next push or kick takes over
+	wDirect              // a completing goroutine writes without blocking (push)
+	wWriter              // the writer goroutine writes (blocking), or must
+)
+
+// queue appends o to the send queue and wakes the writer goroutine. It
+// never blocks and may be called with any lock held. After the
 // connection closed, o is dropped (and its task released).
 func (c *conn) queue(o *outPDU) {
+	if c.enqueue(o) {
+		c.kick()
+	}
+}
+
+// enqueue appends o to the send queue without waking anyone; the caller
+// must call push (or kick) afterwards, once it holds no lock the writer
+// takes. It reports false when the connection has closed and o was
+// dropped.
+func (c *conn) enqueue(o *outPDU) bool {
 	c.qmu.Lock()
 	if c.qmu.closed {
 		c.qmu.Unlock()
 		if o.release != nil {
 			o.release.unref()
 		}
-		return
+		return false
 	}
 	c.qmu.q = append(c.qmu.q, *o)
 	c.qmu.Unlock()
-	c.kick()
+	return true
 }
 
+// push sends what is queued from the calling goroutine, without blocking
+// and without waking the writer goroutine, when nobody else is writing:
+// the common case at queue depth 1, where it saves a goroutine handoff
+// per command. If the socket would block (or fails, or a PDU closes the
+// connection), the writer goroutine takes over what is left. The caller
+// must not hold s.mu (framing reads the CmdSN window).
+func (c *conn) push() {
+	c.qmu.Lock()
+	if c.qmu.state != wIdle || len(c.qmu.q) == 0 {
+		c.qmu.Unlock()
+		return
+	}
+	if c.rc == nil {
+		c.qmu.Unlock()
+		c.kick()
+		return
+	}
+	c.qmu.state = wDirect
+	c.qmu.Unlock()
+	c.drainDirect()
+}
+
+// kick wakes the writer goroutine.
 func (c *conn) kick() {
 	select {
 	case c.notify <- struct{}{}:
@@ -225,6 +318,12 @@ func (c *conn) writeLoop(ctx context.Context) error {
 			return ctx.Err()
 		case <-c.notify:
 		case <-timerC:
+			if c.inlineBusy.Load() {
+				// The reader is running a command: it reads the
+				// initiator's PDUs (a ping answer too) once that ends.
+				timer.Reset(interval)
+				continue
+			}
 			if ttt := c.pingTTT.Load(); ttt != 0 {
 				return errNOPTimeout
 			}
@@ -252,28 +351,33 @@ func (c *conn) writeLoop(ctx context.Context) error {
 	}
 }
 
-// flush writes everything queued. It returns errFlushClose after writing a
-// closeAfter PDU.
+// flush writes everything queued, unless a completing goroutine is
+// writing (it drains the queue, or hands it back with a kick). It returns
+// errFlushClose after writing a closeAfter PDU; the socket then stays the
+// writer's, so nothing is written after that PDU.
 func (c *conn) flush() error {
-	for {
-		c.qmu.Lock()
-		batch := c.qmu.q
-		c.qmu.q = c.wbatch[:0]
+	c.qmu.Lock()
+	switch c.qmu.state {
+	case wDirect:
 		c.qmu.Unlock()
-		if len(batch) == 0 {
-			c.wbatch = batch
+		return nil
+	case wIdle:
+		if len(c.qmu.q) == 0 {
+			c.qmu.Unlock()
+			return nil
+		}
+		c.qmu.state = wWriter
+	}
+	c.qmu.Unlock()
+	for {
+		if !c.wpending && !c.takeBatch() {
 			return nil
 		}
 		c.srv.stats.batches.Add(1)
-		c.srv.stats.pdus.Add(int64(len(batch)))
-		closeAfter, err := c.writeBatch(batch)
-		for i := range batch {
-			if batch[i].release != nil {
-				batch[i].release.unref()
-			}
-			batch[i] = outPDU{}
-		}
-		c.wbatch = batch[:0]
+		c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+		_, err := c.wnb.WriteTo(c.nc)
+		closeAfter := c.wclose
+		c.finishBatch()
 		if err != nil {
 			return err
 		}
@@ -283,8 +387,133 @@ func (c *conn) flush() error {
 	}
 }
 
-// writeBatch frames and writes batch (up to the first closeAfter PDU).
-func (c *conn) writeBatch(batch []outPDU) (closeAfter bool, err error) {
+// drainDirect is push's writing part. REQUIRES: c.qmu.state == wDirect,
+// set by the caller.
+func (c *conn) drainDirect() {
+	for {
+		if !c.wpending && !c.takeBatch() {
+			return
+		}
+		if !c.wclose && c.ctx.Err() == nil && c.tryWrite() {
+			c.srv.stats.batches.Add(1)
+			c.finishBatch()
+			continue
+		}
+		// Hand the rest to the writer goroutine, which may block.
+		c.qmu.Lock()
+		if c.qmu.closed {
+			// The writer is gone (the connection ended meanwhile).
+			c.qmu.state = wIdle
+			c.qmu.Unlock()
+			c.finishBatch()
+			return
+		}
+		c.qmu.state = wWriter
+		c.qmu.Unlock()
+		c.kick()
+		return
+	}
+}
+
+// takeBatch moves the queue into the current batch and frames it. When
+// the queue is empty it gives the socket up (state wIdle) and returns
+// false. REQUIRES: the caller writes (state wDirect or wWriter).
+func (c *conn) takeBatch() bool {
+	c.qmu.Lock()
+	batch := c.qmu.q
+	if len(batch) == 0 {
+		c.qmu.state = wIdle
+		c.qmu.Unlock()
+		return false
+	}
+	c.qmu.q = c.wspare[:0]
+	c.wspare = nil
+	c.qmu.Unlock()
+	c.srv.stats.pdus.Add(int64(len(batch)))
+	c.frame(batch)
+	return true
+}
+
+// finishBatch releases the tasks of the current batch once it is written
+// (or dropped). REQUIRES: the caller writes, or the connection has ended.
+func (c *conn) finishBatch() {
+	batch := c.wbatch
+	for i := range batch {
+		if batch[i].release != nil {
+			batch[i].release.unref()
+		}
+		batch[i] = outPDU{}
+	}
+	clear(c.wbufs)
+	c.wbatch, c.wspare = nil, batch[:0]
+	c.wnb = nil
+	c.wpending, c.wclose = false, false
+}
+
+// tryWrite writes c.wnb without blocking (the socket is non-blocking)
+// and reports whether all of it went. A partial write leaves the rest in
+// c.wnb; an error (or EAGAIN) is left for the writer goroutine to meet
+// again in blocking mode. It bypasses the net.Conn deadlines: only the
+// goroutine in state wDirect writes, so nothing else touches the socket's
+// write side meanwhile.
+func (c *conn) tryWrite() bool {
+	c.wok = false
+	if err := c.rc.Control(c.writevFn); err != nil {
+		return false
+	}
+	return c.wok
+}
+
+// writev is tryWrite's raw-fd part; it sets c.wok when c.wnb is empty.
+func (c *conn) writev(fd uintptr) {
+	for len(c.wnb) > 0 {
+		iov := c.wiov[:0]
+		for _, b := range c.wnb {
+			if len(iov) == maxIOV {
+				break
+			}
+			if len(b) > 0 {
+				v := unix.Iovec{Base: &b[0]}
+				v.SetLen(len(b))
+				iov = append(iov, v)
+			}
+		}
+		c.wiov = iov
+		if len(iov) == 0 {
+			c.wnb = c.wnb[:0]
+			break
+		}
+		n, _, errno := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		clear(iov)
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 || n == 0 {
+			return // EAGAIN or an error: the writer goroutine goes on
+		}
+		c.consume(int(n))
+	}
+	c.wok = true
+}
+
+// maxIOV bounds the iovecs of one writev (Linux IOV_MAX is 1024).
+const maxIOV = 1024
+
+// consume drops the first n written bytes from c.wnb.
+func (c *conn) consume(n int) {
+	for len(c.wnb) > 0 && n >= len(c.wnb[0]) {
+		n -= len(c.wnb[0])
+		c.wnb = c.wnb[1:]
+	}
+	if n > 0 {
+		c.wnb[0] = c.wnb[0][n:]
+	}
+}
+
+// frame assigns StatSN, ExpCmdSN and MaxCmdSN to the batch's PDUs, in
+// order, and builds the iovecs to write (up to the first closeAfter PDU;
+// the ones after it are dropped with the batch).
+func (c *conn) frame(batch []outPDU) {
 	s := c.sess
 	expCmdSN, maxCmdSN := s.window()
 	// Size the arena so appends never reallocate (the iovecs alias it).
@@ -300,6 +529,7 @@ func (c *conn) writeBatch(batch []outPDU) (closeAfter bool, err error) {
 	}
 	a := c.warena[:0]
 	bufs := c.wbufs[:0]
+	closeAfter := false
 	for i := range batch {
 		o := &batch[i]
 		h := BHS(o.hdr[:])
@@ -340,7 +570,7 @@ func (c *conn) writeBatch(batch []outPDU) (closeAfter bool, err error) {
 		} else {
 			bufs = appendIOV(bufs, a[start:])
 		}
-		if c.log.Enabled(context.Background(), slog.LevelDebug) {
+		if c.debug {
 			c.log.Debug("iscsi: send", "op", h.Opcode(), "itt", h.ITT(), "statsn", h.StatSN(), "len", len(o.data))
 		}
 		if o.closeAfter {
@@ -349,12 +579,10 @@ func (c *conn) writeBatch(batch []outPDU) (closeAfter bool, err error) {
 		}
 	}
 	c.warena = a
-	c.wnb = bufs // WriteTo consumes c.wnb; bufs keeps the backing array
-	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
-	_, err = c.wnb.WriteTo(c.nc)
-	clear(bufs)
-	c.wbufs = bufs[:0]
-	return closeAfter, err
+	c.wbufs = bufs
+	c.wnb = bufs // writing consumes c.wnb; c.wbufs keeps the backing array
+	c.wbatch = batch
+	c.wpending, c.wclose = true, closeAfter
 }
 
 // smallData is the largest data segment copied into the write arena rather
@@ -401,9 +629,71 @@ func (c *conn) readLoop(ctx context.Context) error {
 				"cmdsn", h.CmdSN(), "len", len(p.Data))
 		}
 		if err := c.dispatch(ctx, p); err != nil {
+			if err == errNotReader {
+				return nil
+			}
 			return err
 		}
 	}
+}
+
+// errNotReader tells a goroutine that ran a command inline that another
+// goroutine has taken over reading (see rescue).
+var errNotReader = errors.New("iscsi: another goroutine reads the connection")
+
+// Inline states (the low two bits of conn.inline; the rest counts inline
+// commands, so that a late rescue or a rescued goroutine's endInline
+// cannot touch a later inline command of the new reader).
+const (
+	inlineNone    uint64 = iota // the reader reads
+	inlineRunning               // the reader runs a command; rescue may take over
+	inlineRescued               // a new reader goroutine took over
+	inlineMask    = 3
+)
+
+// inlineRescue is how long the reader runs one command itself before
+// another goroutine takes over reading, so that PDUs sent meanwhile (a
+// task management request aborting that very command, Data-Out of other
+// commands) are not held up behind a slow or stuck device.
+const inlineRescue = 500 * time.Microsecond
+
+// rescue runs when an inline command has run for inlineRescue: a new
+// reader goroutine (in the connection's errgroup, which the inline
+// goroutine still holds open) reads on; the inline goroutine sends its
+// response and leaves.
+func (c *conn) rescue() {
+	v := c.inline.Load()
+	if v&inlineMask != inlineRunning || !c.inline.CompareAndSwap(v, v&^inlineMask|inlineRescued) {
+		return
+	}
+	c.inlineBusy.Store(false)
+	// Nobody reads now: the inline goroutine touches no reader state
+	// after it has lost the CAS above, the new one starts below.
+	c.inlineSkip = inlineBackoff
+	c.srv.stats.rescues.Add(1)
+	c.group.Go(c.reader)
+}
+
+// beginInline arms the rescue before the reader runs a command itself
+// and returns the token for endInline.
+func (c *conn) beginInline() uint64 {
+	v := (c.inline.Load()&^inlineMask + inlineMask + 1) | inlineRunning
+	c.inline.Store(v)
+	c.inlineBusy.Store(true)
+	c.rescueTimer.Reset(inlineRescue)
+	return v
+}
+
+// endInline reports whether the calling goroutine is still the reader
+// after the inline command of token v; if not, it must stop reading
+// (errNotReader) and touch nothing the reader owns.
+func (c *conn) endInline(v uint64) bool {
+	if !c.inline.CompareAndSwap(v, v&^inlineMask|inlineNone) {
+		return false
+	}
+	c.rescueTimer.Stop()
+	c.inlineBusy.Store(false)
+	return true
 }
 
 // reject queues a Reject PDU carrying the offending header.
@@ -438,7 +728,7 @@ func (c *conn) dispatch(ctx context.Context, p *PDU) error {
 	}
 	switch op {
 	case OpSCSIDataOut:
-		return c.sess.dataOut(c, p)
+		return c.sess.dataOut(ctx, c, p)
 	case OpSCSICommand:
 		return c.sess.command(ctx, c, p)
 	case OpNOPOut:

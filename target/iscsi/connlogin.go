@@ -24,17 +24,17 @@ var (
 
 // loginState is the per-connection state of the login phase.
 type loginState struct {
-	first          bool
-	isid           [6]byte
-	tsih           uint16
-	cid            uint16
-	itt            uint32
-	cmdSN          uint32
-	statSN         uint32
-	join           *session // TSIH != 0: the session the connection joins
-	text           []byte   // reassembled request text
-	pending        [][]byte // remaining parts of a split response
-	pendingResp    login.Response
+	first       bool
+	isid        [6]byte
+	tsih        uint16
+	cid         uint16
+	itt         uint32
+	cmdSN       uint32
+	statSN      uint32
+	join        *session // TSIH != 0: the session the connection joins
+	text        []byte   // reassembled request text
+	pending     [][]byte // remaining parts of a split response
+	pendingResp login.Response
 }
 
 // loginPhase runs the login of the connection (RFC 7143 §6). On success

@@ -45,21 +45,32 @@
 //     MaxBurstLength, MaxOutstandingR2T at a time. DataSN, offset and
 //     length errors end the task with ABORTED COMMAND, DATA PHASE ERROR.
 //  3. Once delivered with all its data, the task runs scsi.Device.Execute
-//     on a session worker goroutine (bounded by the window).
+//     on a session worker goroutine (bounded by the window), or on the
+//     reader itself when it is the only task of the session and no further
+//     PDU has been read (queue depth 1: no goroutine handoff). An inline
+//     task that runs longer than 500 µs is rescued: a new reader goroutine
+//     takes over the connection, so PDUs sent meanwhile (an ABORT TASK for
+//     it) are not held up, and the next 64 commands go to workers.
 //  4. On completion the task leaves the session and frees its window slot,
 //     then queues its Data-In PDUs (split by the initiator's
 //     MaxRecvDataSegmentLength, F bit per MaxBurstLength) and its status,
 //     collapsed into the last Data-In when there is no sense data.
-//  5. The writer assigns StatSN and the current ExpCmdSN/MaxCmdSN in queue
-//     order, writes, and only then releases the task's buffers.
+//  5. The goroutine that writes assigns StatSN and the current
+//     ExpCmdSN/MaxCmdSN in queue order, writes, and only then releases the
+//     task's buffers. When no other task of the session runs, the
+//     completing goroutine writes its response itself with one
+//     non-blocking writev (Data-In and status together); otherwise, or
+//     when the socket would block, the writer goroutine does, batching.
 //
 // A TMF response is queued after every task it affects has finished, and a
 // Logout Response after the running tasks of its scope, so their status
 // reaches the initiator first.
 //
-// Concurrency: each connection has one reader goroutine (which owns the
-// login machine, the Data-Out tracking and the text state) and one writer
-// goroutine (which owns the socket's write side, batches queued PDUs into
-// one writev, and sends target NOP-In pings). Commands of a session run
+// Concurrency: each connection has one reader goroutine at a time (which
+// owns the login machine, the Data-Out tracking and the text state) and
+// one writer goroutine (which batches queued PDUs into one writev when
+// several tasks complete at once or the socket is backed up, and sends
+// target NOP-In pings). One goroutine at a time owns the socket's write
+// side (conn.qmu.state). Commands of a session run
 // concurrently, bounded by the CmdSN window (Config.Limits / QueueDepth).
 package iscsi

@@ -451,6 +451,11 @@ func (r *Reader) ReadPDU() (*PDU, error) {
 	return p, nil
 }
 
+// Buffered returns how many bytes the Reader has read from the
+// connection beyond the last PDU returned: non-zero means the next PDU
+// (or part of it) has already arrived.
+func (r *Reader) Buffered() int { return r.r.Buffered() }
+
 func unexpectedEOF(err error) error {
 	if err == io.EOF {
 		return io.ErrUnexpectedEOF

@@ -150,7 +150,9 @@ type Server struct {
 	log     *slog.Logger
 	portals []*portalState
 	pools   bufPools
-	stats   struct{ batches, pdus atomic.Int64 } // writer batching, for tests
+	// stats counts, for tests and benchmarks: write batches and their
+	// PDUs, commands run inline by the reader, and rescues.
+	stats struct{ batches, pdus, inline, rescues atomic.Int64 }
 
 	baseCtx    context.Context // connections' context; cancelled after drain
 	baseCancel context.CancelFunc
@@ -347,15 +349,15 @@ func (s *Server) drain() {
 	for _, ss := range s.mu.sessions {
 		conns = append(conns, ss.connList()...)
 	}
+	n := len(s.mu.sessions)
 	s.mu.Unlock()
-	if len(conns) == 0 {
+	if n == 0 {
 		return
 	}
-	secs := uint16(max(1, s.cfg.ShutdownTimeout/time.Second))
+	// A connection whose login is accepted but not yet attached asks
+	// for itself when it attaches (session.addConn sees s.mu.closing).
 	for _, c := range conns {
-		o := outPDU{stat: statAdvance}
-		(&AsyncMessage{Event: AsyncLogoutRequest, Parameter3: secs}).AppendTo(o.hdr[:0])
-		c.queue(&o)
+		c.requestLogout()
 	}
 	t := time.NewTimer(s.cfg.ShutdownTimeout)
 	defer t.Stop()
@@ -374,6 +376,26 @@ func (s *Server) drain() {
 			return
 		}
 	}
+}
+
+// closing reports whether Serve is shutting down.
+func (s *Server) closing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.closing
+}
+
+// requestLogout queues one Async Message asking the initiator to log out
+// within the shutdown timeout (RFC 7143 §11.9.1, AsyncEvent 1), once per
+// connection.
+func (c *conn) requestLogout() {
+	if !c.logoutRequested.CompareAndSwap(false, true) {
+		return
+	}
+	secs := uint16(max(1, c.srv.cfg.ShutdownTimeout/time.Second))
+	o := outPDU{stat: statAdvance}
+	(&AsyncMessage{Event: AsyncLogoutRequest, Parameter3: secs}).AppendTo(o.hdr[:0])
+	c.queue(&o)
 }
 
 // Sessions returns a snapshot of the current sessions.

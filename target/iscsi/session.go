@@ -64,6 +64,13 @@ type session struct {
 		// attached yet. They count against MaxConnections and in info, so
 		// a concurrent login cannot slip past the limit in that window.
 		pending int
+		// running counts tasks handed to the device and not completed.
+		running int
+		// inline is set by the reader around a delivery it may run
+		// itself; inlineTask is the task it then runs (see
+		// inlineTaskLocked).
+		inline     bool
+		inlineTask *task
 	}
 }
 
@@ -237,6 +244,10 @@ func (s *session) addConn(ctx context.Context, c *conn) error {
 		s.log.Info("iscsi: connection reinstatement", "cid", c.cid)
 		old.replaced.Store(true)
 		old.abort()
+	}
+	if s.srv.closing() {
+		// The server began draining while this login finished.
+		c.requestLogout()
 	}
 	return nil
 }

@@ -65,6 +65,7 @@ type task struct {
 	delivered bool // in CmdSN order
 	counted   bool // counted in session active
 	started   bool
+	running   bool // handed to the device (counted in s.mu.running)
 	aborted   bool
 
 	senseBuf [2 + 252]byte
@@ -193,6 +194,13 @@ func (s *session) command(ctx context.Context, c *conn, p *PDU) error {
 		return c.protocolError(h, RejectInvalidPDUField, "bad AHS")
 	}
 
+	// The reader may run the command itself (no goroutine handoff) when
+	// it is the only one the initiator has sent: see inlineTaskLocked.
+	inline := c.inlineSkip == 0 && c.r.Buffered() == 0
+	if c.inlineSkip > 0 {
+		c.inlineSkip--
+	}
+
 	s.mu.Lock()
 	if s.mu.closed {
 		s.mu.Unlock()
@@ -202,6 +210,12 @@ func (s *session) command(ctx context.Context, c *conn, p *PDU) error {
 		s.mu.Unlock()
 		c.reject(h, RejectTaskInProgress, false)
 		return nil
+	}
+	if len(s.mu.tasks) > 0 {
+		// The initiator pipelines: commands run concurrently on
+		// workers, for a while.
+		inline = false
+		c.inlineSkip = inlineBackoff
 	}
 	verdict := snNow
 	if imm {
@@ -246,24 +260,58 @@ func (s *session) command(ctx context.Context, c *conn, p *PDU) error {
 	switch verdict {
 	case snNow:
 		if imm {
+			s.mu.inline = inline
 			s.deliverTaskLocked(t)
 		} else {
 			list = s.advanceLocked(nil)
 			// The task itself is delivered first, then the held ones it
 			// unblocked (advanceLocked delivered held SCSI tasks already;
 			// order among running SIMPLE tasks is not observable).
+			s.mu.inline = inline && len(list) == 0
 			s.deliverTaskLocked(t)
 		}
 	case snHold:
 		s.mu.win.hold(t.cmdSN, held{t: t, c: c})
 	}
+	s.mu.inline = false
+	run := s.mu.inlineTask
+	s.mu.inlineTask = nil
 	if early != nil && !t.started {
 		// Oversized or otherwise refused before data: answer now.
 		s.finishEarlyLocked(t, early)
 	}
 	s.mu.Unlock()
+	if early != nil {
+		c.push()
+	}
 	s.runHeld(list)
+	if run != nil && !c.runInline(ctx, run) {
+		return errNotReader
+	}
 	return nil
+}
+
+// inlineBackoff is how many commands the reader hands to workers after an
+// inline command was rescued (ran longer than inlineRescue: a device that
+// is slow for every command, such as the pool's group commit or a disk,
+// would otherwise cost a rescue per command), or after a command arrived
+// while others were in flight (the initiator pipelines: running its
+// commands concurrently on workers beats running them one by one on the
+// reader).
+const inlineBackoff = 64
+
+// runInline runs a task on the reader goroutine (see inlineTaskLocked)
+// with the connection's context, which ends when the connection or its
+// session does, and sends its response from here unless the socket is
+// backed up. It reports false when another goroutine took over reading
+// meanwhile (rescue): the caller must then stop reading.
+func (c *conn) runInline(ctx context.Context, t *task) bool {
+	c.srv.stats.inline.Add(1)
+	s := t.s
+	v := c.beginInline()
+	t.run(ctx)
+	s.wg.Done()
+	return c.endInline(v)
 }
 
 // setupDataLocked prepares the write buffer, stores immediate data and
@@ -353,30 +401,47 @@ func rawLUN(t *task) uint64 {
 }
 
 // dataOut handles a SCSI Data-Out PDU (RFC 7143 §11.7).
-func (s *session) dataOut(c *conn, p *PDU) error {
-	h := p.BHS
+func (s *session) dataOut(ctx context.Context, c *conn, p *PDU) error {
+	inline := c.inlineSkip == 0 && c.r.Buffered() == 0
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	failed := s.dataOutLocked(c, p, inline)
+	run := s.mu.inlineTask
+	s.mu.inlineTask = nil
+	s.mu.Unlock()
+	if failed {
+		c.push()
+	}
+	if run != nil && !c.runInline(ctx, run) {
+		return errNotReader
+	}
+	return nil
+}
+
+// dataOutLocked is dataOut under s.mu; it reports whether the task failed
+// (its response is queued and needs a push).
+// REQUIRES: s.mu held.
+func (s *session) dataOutLocked(c *conn, p *PDU, inline bool) (failed bool) {
+	h := p.BHS
 	t := s.mu.tasks[h.ITT()]
 	if t == nil || t.aborted || !t.collect || t.c != c {
 		// Data for a finished, aborted or refused task: discard.
 		c.log.Debug("iscsi: Data-Out for unknown task discarded", "itt", h.ITT())
-		return nil
+		return false
 	}
 	n := uint32(len(p.Data))
 	off := h.BufferOffset()
 	sn := h.DataSN()
 	if t.started {
-		return nil
+		return false
 	}
 	if uint64(off)+uint64(n) > uint64(t.edtl) {
 		s.dataErrorLocked(t, "Data-Out beyond expected data transfer length")
-		return nil
+		return true
 	}
 	if h.TTT() == reservedTag {
 		if !t.unsolOpen || sn != t.unsolDataSN || off != t.unsolNext || off+n > t.unsolLimit {
 			s.dataErrorLocked(t, "unsolicited Data-Out out of order or beyond FirstBurstLength")
-			return nil
+			return true
 		}
 		t.store(off, p.Data)
 		t.unsolDataSN++
@@ -397,12 +462,12 @@ func (s *session) dataOut(c *conn, p *PDU) error {
 		}
 		if i < 0 {
 			s.dataErrorLocked(t, "Data-Out with unknown TTT")
-			return nil
+			return true
 		}
 		r := &t.r2ts[i]
 		if sn != r.dataSN || off != r.offset+r.got || r.got+n > r.length {
 			s.dataErrorLocked(t, "Data-Out DataSN or offset out of order")
-			return nil
+			return true
 		}
 		t.store(off, p.Data)
 		r.dataSN++
@@ -411,14 +476,16 @@ func (s *session) dataOut(c *conn, p *PDU) error {
 		if h.Final() {
 			if r.got != r.length {
 				s.dataErrorLocked(t, "Data-Out sequence shorter than the R2T")
-				return nil
+				return true
 			}
 			t.r2ts = append(t.r2ts[:i], t.r2ts[i+1:]...)
 			t.solicitLocked()
 		}
 	}
+	s.mu.inline = inline
 	s.maybeStartLocked(t)
-	return nil
+	s.mu.inline = false
+	return false
 }
 
 // maybeStartLocked starts the task when it is in order and its data is in.
@@ -437,7 +504,30 @@ func (s *session) maybeStartLocked(t *task) {
 		t.sc.DataOut = t.buf
 	}
 	t.started = true
+	t.running = true
+	s.mu.running++
+	if s.inlineTaskLocked(t) {
+		return
+	}
 	s.startTask(t)
+}
+
+// inlineTaskLocked decides whether the reader runs t itself after it
+// releases s.mu, instead of handing it to a worker: at queue depth 1 that
+// saves two goroutine wakeups per command. It does when the reader asked
+// for it (s.mu.inline: no further PDU already read, the last inline
+// command was fast, no held PDU became deliverable) and t is the only task
+// of the session, so that nothing else waits behind it; a task
+// management request on this connection is read once t is done, one on
+// another connection aborts it through the device as usual.
+// REQUIRES: s.mu held.
+func (s *session) inlineTaskLocked(t *task) bool {
+	if !s.mu.inline || s.mu.inlineTask != nil || len(s.mu.tasks) != 1 || s.mu.running != 1 {
+		return false
+	}
+	s.mu.inlineTask = t
+	s.wg.Add(1) // like a worker: teardown waits for it
+	return true
 }
 
 // workerIdle is how long an idle task worker waits for work before exiting.
@@ -461,7 +551,7 @@ func (s *session) worker(t *task) {
 	defer s.wg.Done()
 	var timer *time.Timer
 	for {
-		t.run()
+		t.run(s.ctx)
 		if timer == nil {
 			timer = time.NewTimer(workerIdle)
 			defer timer.Stop()
@@ -518,13 +608,22 @@ func fixedSense(b []byte, e *sense.Error) []byte {
 	return b
 }
 
-// run executes the task on the device and sends the response.
-func (t *task) run() {
-	s := t.s
-	res := s.dev.Execute(s.ctx, &t.sc)
+// run executes the task on the device under ctx and sends the response:
+// from this goroutine when no other task of the session runs (push), else
+// through the writer goroutine, which batches the responses of
+// concurrent tasks into one writev.
+func (t *task) run(ctx context.Context) {
+	s, c := t.s, t.c
+	res := s.dev.Execute(ctx, &t.sc)
 	s.mu.Lock()
 	s.completeLocked(t, res)
+	idle := s.mu.running == 0
 	s.mu.Unlock()
+	if idle {
+		c.push()
+	} else {
+		c.kick()
+	}
 }
 
 // completeLocked removes the task from the session, frees its window slot
@@ -541,6 +640,10 @@ func (s *session) completeLocked(t *task, res scsi.Result) {
 	if t.immediate {
 		s.mu.immediate--
 	}
+	if t.running {
+		t.running = false
+		s.mu.running--
+	}
 	s.mu.cond.Broadcast()
 	t.release = res.Release
 	if res.Aborted || t.aborted || s.mu.closed {
@@ -550,8 +653,9 @@ func (s *session) completeLocked(t *task, res scsi.Result) {
 	t.respond(res)
 }
 
-// respond queues the Data-In PDUs and SCSI Response of a finished task.
-// The last queued PDU releases the task.
+// respond queues the Data-In PDUs and SCSI Response of a finished task,
+// without waking the writer: the caller pushes or kicks once it has
+// released s.mu. The last queued PDU releases the task.
 func (t *task) respond(res scsi.Result) {
 	c := t.c
 	data := res.Data
@@ -603,7 +707,7 @@ func (t *task) respond(res scsi.Result) {
 			o.release = t
 		}
 		d.AppendTo(o.hdr[:0])
-		c.queue(&o)
+		c.enqueue(&o)
 		dataSN++
 		off += n
 	}
@@ -622,7 +726,7 @@ func (t *task) respond(res scsi.Result) {
 		Overflow: over, Underflow: under, ResidualCount: resid,
 		Status: res.Status, ITT: t.itt, ExpDataSN: expDataSN, DataLen: len(o.data),
 	}).AppendTo(o.hdr[:0])
-	c.queue(&o)
+	c.enqueue(&o)
 }
 
 // dataOutLength returns the Data-Out length the CDB implies.

@@ -3,6 +3,8 @@ package scsi
 import (
 	"context"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // task is one entry of an LU's task set. Entries are pooled; only the
@@ -12,7 +14,9 @@ type task struct {
 	nexus      Nexus
 	tag        uint64
 	attr       TaskAttr
-	cancel     context.CancelFunc
+	// ctx is the task's context; pooled with the task, so that entering a
+	// task into the set does not allocate.
+	ctx *taskCtx
 	// Guarded by taskSet.mu:
 	done    chan struct{} // created on demand by waiters, closed at removal
 	aborted bool          // a TMF aborted the task
@@ -39,10 +43,10 @@ type taskSet struct {
 func (s *taskSet) add(ctx context.Context, t *Task) (*task, context.Context) {
 	tk, _ := s.pool.Get().(*task)
 	if tk == nil {
-		tk = new(task)
+		tk = &task{ctx: new(taskCtx)}
 	}
-	tctx, cancel := context.WithCancel(ctx)
-	tk.nexus, tk.tag, tk.attr, tk.cancel = t.Nexus, t.Tag, t.Attr, cancel
+	tk.ctx.start(ctx)
+	tk.nexus, tk.tag, tk.attr = t.Nexus, t.Tag, t.Attr
 	s.mu.Lock()
 	tk.prev = s.mu.tail
 	if s.mu.tail != nil {
@@ -55,7 +59,7 @@ func (s *taskSet) add(ctx context.Context, t *Task) (*task, context.Context) {
 		s.mu.ordered++
 	}
 	s.mu.Unlock()
-	return tk, tctx
+	return tk, tk.ctx
 }
 
 // wait blocks until the task may start: SIMPLE (and ACA) tasks wait for
@@ -122,10 +126,10 @@ func (s *taskSet) remove(tk *task) (aborted, tas bool) {
 		close(tk.done)
 	}
 	aborted, tas = tk.aborted, tk.tas
-	cancel := tk.cancel
-	*tk = task{}
+	tc := tk.ctx
+	*tk = task{ctx: tc}
 	s.mu.Unlock()
-	cancel()
+	tc.finish()
 	s.pool.Put(tk)
 	return aborted, tas
 }
@@ -147,7 +151,7 @@ func (s *taskSet) abort(match func(*task) bool, tas func(Nexus) bool) (waits []c
 		}
 		waits = append(waits, p.done)
 		nexuses = append(nexuses, p.nexus)
-		p.cancel()
+		p.ctx.cancel()
 	}
 	return waits, nexuses
 }
@@ -173,4 +177,107 @@ func (s *taskSet) count() int {
 		n++
 	}
 	return n
+}
+
+// taskCtx is the context of one task: done when its parent (the
+// transport's context) is done or when task management aborts the task,
+// and at the latest when the task leaves the set. It replaces
+// context.WithCancel, which allocates for every task: a taskCtx is pooled
+// with its task, its Done channel is made only when someone asks for it
+// (handlers that only poll Err never do), and only then is it hooked to
+// the parent with context.AfterFunc.
+//
+// NB: a taskCtx is reused by later tasks; a device must not keep the
+// context of a call after the call returns (BlockDevice contract).
+type taskCtx struct {
+	parent    context.Context
+	cancelled atomic.Bool // cancel was called in this incarnation
+	mu        struct {
+		sync.Mutex
+		gen    uint64        // incarnation, for stale AfterFunc callbacks
+		done   chan struct{} // made by Done; closed by cancel or finish
+		closed bool          // done is closed
+		stop   func() bool   // stops the AfterFunc on parent; nil when none
+	}
+}
+
+var _ context.Context = (*taskCtx)(nil)
+
+// start begins an incarnation under parent.
+func (c *taskCtx) start(parent context.Context) {
+	c.parent = parent
+	c.cancelled.Store(false)
+}
+
+// Deadline returns the parent's deadline.
+func (c *taskCtx) Deadline() (time.Time, bool) { return c.parent.Deadline() }
+
+// Value returns the parent's value for key.
+func (c *taskCtx) Value(key any) any { return c.parent.Value(key) }
+
+// Err returns context.Canceled after cancel, else the parent's error.
+func (c *taskCtx) Err() error {
+	if c.cancelled.Load() {
+		return context.Canceled
+	}
+	return c.parent.Err()
+}
+
+// Done returns a channel closed when the task is aborted, its parent is
+// done or the task has left the set.
+func (c *taskCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.mu.done == nil {
+		c.mu.done = make(chan struct{})
+		if c.cancelled.Load() || c.parent.Err() != nil {
+			close(c.mu.done)
+			c.mu.closed = true
+		} else if c.parent.Done() != nil {
+			gen := c.mu.gen
+			c.mu.stop = context.AfterFunc(c.parent, func() { c.cancelGen(gen) })
+		}
+	}
+	return c.mu.done
+}
+
+// cancel aborts the task: Err returns context.Canceled and Done closes.
+func (c *taskCtx) cancel() {
+	c.cancelled.Store(true)
+	c.mu.Lock()
+	c.closeLocked()
+	c.mu.Unlock()
+}
+
+// cancelGen closes Done for the parent's end, if incarnation gen is still
+// the current one.
+func (c *taskCtx) cancelGen(gen uint64) {
+	c.mu.Lock()
+	if c.mu.gen == gen {
+		c.closeLocked()
+	}
+	c.mu.Unlock()
+}
+
+// REQUIRES: c.mu held.
+func (c *taskCtx) closeLocked() {
+	if c.mu.done != nil && !c.mu.closed {
+		close(c.mu.done)
+		c.mu.closed = true
+	}
+}
+
+// finish ends the incarnation (as the cancel of context.WithCancel does
+// when a task leaves the set) and makes c ready for reuse.
+func (c *taskCtx) finish() {
+	c.cancelled.Store(true)
+	c.mu.Lock()
+	if c.mu.stop != nil {
+		c.mu.stop()
+		c.mu.stop = nil
+	}
+	c.closeLocked()
+	c.mu.done, c.mu.closed = nil, false
+	c.mu.gen++
+	c.mu.Unlock()
 }
