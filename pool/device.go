@@ -1,10 +1,12 @@
 package pool
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"sync/atomic"
+	"syscall"
 
 	"stave.dev/stave/pool/internal/layout"
 )
@@ -15,11 +17,21 @@ type osDevice struct {
 	size int64
 }
 
-// openOSDevice opens path O_RDWR. The size of a block device is found by
-// seeking to its end.
+// openOSDevice opens path O_RDWR. A block device is opened O_EXCL too:
+// Linux then refuses it (EBUSY) while it is mounted, part of an md or
+// device-mapper device, or open O_EXCL elsewhere (another pool), and
+// holds it against those until Close. The size of a block device is
+// found by seeking to its end.
 func openOSDevice(path string) (Device, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	flags := os.O_RDWR
+	if fi, err := os.Stat(path); err == nil && fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0 {
+		flags |= syscall.O_EXCL
+	}
+	f, err := os.OpenFile(path, flags, 0)
 	if err != nil {
+		if errors.Is(err, syscall.EBUSY) {
+			return nil, fmt.Errorf("pool: device %s is in use (mounted, held by another pool, or open exclusively by another program): %w", path, syscall.EBUSY)
+		}
 		return nil, err
 	}
 	size, err := f.Seek(0, io.SeekEnd)

@@ -11,7 +11,8 @@
 //
 // The index (pebble, in Options.MetaDir/index) is a cache of the log:
 //
-//	'b' vol lba ^version -> location (segment, batch offset, geometry, block, SHA-256)
+//	'b' vol lba ^version -> location (segment, batch offset, geometry, block, SHA-256),
+//	                        or "T": a tombstone that hides older versions kept for snapshots
 //	's' segment          -> members, tail, data blocks, live blocks, parity bytes
 //	'v' volume id        -> volume metadata
 //	'c'                  -> checkpoint: last batch seq applied, max version, max volume id
@@ -39,11 +40,12 @@
 //
 // The cleaner (GC) rewrites the live blocks of mostly-dead sealed segments
 // with their versions (batches flagged GC) into its own open segment,
-// carries forward tombstones and volume records that may still shadow
-// older versions, then zeroes the segment's first chunk header on every
-// healthy member and frees it. Ordinary writes leave gcReserve segments
-// free for it.
+// carries forward tombstones that may still shadow older versions, the
+// meta records of volumes still in the index and delete records, then
+// zeroes the segment's first chunk header on every healthy member and
+// frees it. Ordinary writes leave gcReserve segments free for it.
 //
-// Snapshots, clones and revert are not implemented yet: they return
-// ErrNotImplemented.
+// Snapshots, clones and revert are meta records in the log; the index
+// keeps, per LBA, every version that the head, a snapshot or a clone
+// reads (see snapshot.go), and replay applies records in version order.
 package pool

@@ -56,7 +56,9 @@ func (p *Pool) cleaner() {
 		case <-p.gcKick:
 		}
 		p.gcRunning.Store(true)
-		for {
+		// At most one pass over the pool per wake-up: a segment of
+		// records that must be carried is written again by its cleaning.
+		for range p.rows {
 			n, err := p.gcOnce(ctx)
 			if err != nil {
 				if ctx.Err() == nil {
@@ -86,6 +88,12 @@ func (p *Pool) gcVictims() []uint32 {
 	var out []uint32
 	for r, s := range p.mu.segs {
 		if !s.sealed || open[r] || s.inflight > 0 {
+			continue
+		}
+		if s.gc && s.blocks == 0 && !pressure {
+			// Only records the cleaner carried (meta records of live
+			// volumes, delete records, tombstones): cleaning it would
+			// most likely write them all again.
 			continue
 		}
 		if s.live == 0 || (pressure && s.live < s.blocks) || s.live*2 <= s.blocks {
@@ -238,7 +246,17 @@ func (p *Pool) carryForward(ctx context.Context, row uint32, off int64, st *stri
 			data = append(data, liveRec{r, blk})
 			blk++
 		case layout.KindTombstone:
-			if r.Version > minElse {
+			// Carry a tombstone that may still hide an older record
+			// elsewhere, or an entry kept in the index (for a snapshot,
+			// or a clone's parent data).
+			need := r.Version > minElse
+			if !need {
+				var err error
+				if need, err = p.tombstoneNeeded(r); err != nil {
+					return 0, err
+				}
+			}
+			if need {
 				keep = append(keep, r)
 			}
 		case layout.KindMeta:
@@ -252,9 +270,11 @@ func (p *Pool) carryForward(ctx context.Context, row uint32, off int64, st *stri
 			p.mu.Lock()
 			_, exists := p.mu.volByID[vm.ID]
 			p.mu.Unlock()
-			// Delete records are always carried: they shadow create
-			// records, whose versions minVer does not track.
-			if (vm.Op == "create" && exists) || vm.Op == "delete" {
+			// Every meta record of a volume still in the index is
+			// carried (replay applies them in version order); delete
+			// records always: they shadow create records, whose
+			// versions minVer does not track.
+			if exists || vm.Op == opDelete {
 				cp := append([]byte(nil), b...)
 				req := &writeReq{k: k, m: m, gc: true, reserve: true, alone: true, blocks: [][]byte{cp},
 					recs: []layout.Record{r}}
@@ -285,7 +305,7 @@ func (p *Pool) carryForward(ctx context.Context, row uint32, off int64, st *stri
 		}
 		unlock := p.lockSet(keys)
 		for _, d := range group {
-			l, ok, err := p.lookup(d.r.Volume, d.r.LBA)
+			l, ok, err := p.lookupVersion(d.r.Volume, d.r.LBA, d.r.Version)
 			if err != nil {
 				unlock()
 				return 0, err
@@ -314,17 +334,6 @@ func (p *Pool) carryForward(ctx context.Context, row uint32, off int64, st *stri
 	return moved, nil
 }
 
-// lookup returns the newest indexed location of (vol, lba).
-func (p *Pool) lookup(vol, lba uint64) (loc, bool, error) {
-	var out loc
-	found := false
-	err := p.forEachMapped(vol, lba, lba+1, func(_ uint64, l *loc) error {
-		out, found = *l, true
-		return nil
-	})
-	return out, found, err
-}
-
 // freeSegment invalidates the log of segment row and returns it to the
 // free list.
 func (p *Pool) freeSegment(row uint32, members []uint8) error {
@@ -332,6 +341,13 @@ func (p *Pool) freeSegment(row uint32, members []uint8) error {
 	// the cleaner moved its blocks.
 	p.readMu.Lock()
 	p.readMu.Unlock() //lint:ignore SA2001 a barrier: wait for readers that hold readMu.RLock
+	// Hold repairMu until the segment is gone from p.mu.segs: a scrub or
+	// rebuild working from an older list of segments checks, under
+	// repairMu, that the segment is still the one it listed
+	// (scrubStripe), so it never rewrites a chunk of the old log into the
+	// row once the row is free for a new one.
+	p.repairMu.Lock()
+	defer p.repairMu.Unlock()
 	zero := make([]byte, layout.BlockSize)
 	devs := p.devices()
 	// Record the free in the free table of every healthy device, so that

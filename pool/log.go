@@ -386,169 +386,12 @@ func (p *Pool) applyCommitted(h *layout.ChunkHeader, row uint32, off int64, bloc
 
 type lbaKey struct{ vol, lba uint64 }
 
-type overlayEntry struct {
-	ver     uint64
-	row     uint32
-	deleted bool
-}
-
 // apply adds the effects of batch h at (row, off) to pebble batch b and to
-// the in-memory state: per record, the highest version wins. block(i)
-// returns the i-th block of the batch (needed for meta records). Only the
-// committer (or Open's replay) calls it.
+// the in-memory state (see snapshot.go: the index keeps, per LBA, the
+// versions some reader resolves to). block(i) returns the i-th block of
+// the batch (needed for meta records). Only the committer calls it.
 func (p *Pool) apply(b *pebble.Batch, h *layout.ChunkHeader, row uint32, off int64, block func(int) []byte) error {
-	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixBlock}, UpperBound: []byte{prefixBlock + 1}})
-	if err != nil {
-		return fmt.Errorf("pool: index: %w", err)
-	}
-	defer it.Close()
-	overlay := map[lbaKey]overlayEntry{}
-	live := map[uint32]int64{}
-	volLive := map[uint64]int64{}
-	lookup := func(vol, lba uint64) (overlayEntry, bool) {
-		if e, ok := overlay[lbaKey{vol, lba}]; ok {
-			return e, !e.deleted
-		}
-		pre := blockPrefix(nil, vol, lba)
-		if !it.SeekGE(pre) || len(it.Key()) != blockKeyLen || string(it.Key()[:17]) != string(pre) {
-			return overlayEntry{}, false
-		}
-		_, _, ver, _ := parseBlockKey(it.Key())
-		l, err := decodeLoc(it.Value())
-		if err != nil {
-			return overlayEntry{}, false
-		}
-		return overlayEntry{ver: ver, row: l.row}, true
-	}
-	var maxVer uint64
-	minVer := uint64(1<<64 - 1)
-	dataBlocks := int64(0)
-	gc := h.Flags&flagGC != 0
-	blk := 0
-	var kb []byte
-	var vb []byte
-	for i := range h.Records {
-		r := &h.Records[i]
-		if r.Version > maxVer {
-			maxVer = r.Version
-		}
-		if r.Kind != layout.KindMeta {
-			minVer = min(minVer, r.Version) // what tombstones may shadow
-		}
-		switch r.Kind {
-		case layout.KindData:
-			bi := blk
-			blk++
-			dataBlocks++
-			cur, ok := lookup(r.Volume, r.LBA)
-			if gc && ok && cur.ver == r.Version && cur.row == row {
-				continue // replay of a rewrite into the same segment
-			}
-			if (ok && cur.ver > r.Version) || (!gc && ok && cur.ver == r.Version) {
-				continue // a newer version is indexed (replay/GC order)
-			}
-			if ok {
-				b.Delete(blockKey(kb[:0], r.Volume, r.LBA, cur.ver), nil)
-				live[cur.row]--
-			} else {
-				volLive[r.Volume]++
-			}
-			l := loc{row: row, batchOff: off, hdrLen: h.HeaderLen, payloadLen: h.PayloadLen, block: uint32(bi),
-				k: h.K, m: h.M, sha: r.SHA}
-			vb = l.appendTo(vb[:0])
-			b.Set(blockKey(kb[:0], r.Volume, r.LBA, r.Version), vb, nil)
-			overlay[lbaKey{r.Volume, r.LBA}] = overlayEntry{ver: r.Version, row: row}
-			live[row]++
-		case layout.KindTombstone:
-			lo := blockPrefix(nil, r.Volume, r.LBA)
-			hi := blockPrefix(nil, r.Volume, r.LBA+uint64(r.Count))
-			type victim struct {
-				lba, ver uint64
-				row      uint32
-			}
-			var victims []victim
-			for ok := it.SeekGE(lo); ok && string(it.Key()) < string(hi); ok = it.Next() {
-				_, lba, ver, kok := parseBlockKey(it.Key())
-				if !kok {
-					continue
-				}
-				if _, inOverlay := overlay[lbaKey{r.Volume, lba}]; inOverlay {
-					continue
-				}
-				l, err := decodeLoc(it.Value())
-				if err != nil {
-					return err
-				}
-				victims = append(victims, victim{lba, ver, l.row})
-			}
-			for key, e := range overlay {
-				if key.vol == r.Volume && key.lba >= r.LBA && key.lba < r.LBA+uint64(r.Count) && !e.deleted {
-					victims = append(victims, victim{key.lba, e.ver, e.row})
-				}
-			}
-			for _, v := range victims {
-				if v.ver >= r.Version {
-					continue
-				}
-				b.Delete(blockKey(kb[:0], r.Volume, v.lba, v.ver), nil)
-				live[v.row]--
-				volLive[r.Volume]--
-				overlay[lbaKey{r.Volume, v.lba}] = overlayEntry{ver: r.Version, deleted: true}
-			}
-		case layout.KindMeta:
-			bi := blk
-			blk++
-			if err := p.applyMeta(b, it, block(bi), live); err != nil {
-				return err
-			}
-		}
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	s := p.mu.segs[row]
-	if s == nil {
-		s = &segState{k: h.K, m: h.M, members: h.Members, gc: gc}
-		p.mu.segs[row] = s
-	}
-	if end := off + h.ChunkLen(); end > s.tail {
-		s.tail = end
-	}
-	s.blocks += dataBlocks
-	if minVer != 1<<64-1 && (s.minVer == 0 || minVer < s.minVer) {
-		s.minVer = minVer
-	}
-	s.parity += int64(h.M) * h.ChunkLen()
-	for r, d := range live {
-		if ss := p.mu.segs[r]; ss != nil {
-			ss.live += d
-			b.Set(segKey(r), ss.appendTo(nil), nil)
-		}
-	}
-	b.Set(segKey(row), s.appendTo(nil), nil)
-	// Persist the state of segments sealed since the last batch.
-	for _, r := range p.mu.sealed {
-		if ss := p.mu.segs[r]; ss != nil {
-			b.Set(segKey(r), ss.appendTo(nil), nil)
-		}
-	}
-	p.mu.sealed = p.mu.sealed[:0]
-	for id, d := range volLive {
-		if vm := p.mu.volByID[id]; vm != nil {
-			vm.live += d
-		}
-	}
-	if h.Seq > p.seq {
-		p.seq = h.Seq
-	}
-	if h.Seq > p.lastSeq.Load() {
-		p.lastSeq.Store(h.Seq)
-	}
-	if c := maxVer & counterMask; !gc && c > p.counter {
-		p.counter = c
-	}
-	cp := checkpoint{seq: h.Seq, maxVersion: epoch<<epochShift | p.counter, maxVolID: p.mu.maxVolID}
-	b.Set(checkpointKey, cp.appendTo(nil), nil)
-	return nil
+	return p.applyBatch(b, h, row, off, block)
 }
 
 // metaOp is the payload of a meta record: a length-prefixed JSON volMeta.
@@ -573,62 +416,6 @@ func decodeMeta(blk []byte) (volMeta, error) {
 		return v, fmt.Errorf("%w: meta record: %v", ErrCorruption, err)
 	}
 	return v, nil
-}
-
-// applyMeta applies one volume metadata record.
-func (p *Pool) applyMeta(b *pebble.Batch, it *pebble.Iterator, blk []byte, live map[uint32]int64) error {
-	v, err := decodeMeta(blk)
-	if err != nil {
-		return err
-	}
-	switch v.Op {
-	case "create":
-		v.Op = ""
-		j, _ := json.Marshal(v)
-		b.Set(volKey(v.ID), j, nil)
-		p.mu.Lock()
-		if cur, ok := p.mu.volByID[v.ID]; ok && cur.Name == v.Name {
-			p.mu.Unlock() // a GC copy of the record: nothing changes
-			return nil
-		}
-		if old, ok := p.mu.vols[v.Name]; ok && old.ID != v.ID {
-			delete(p.mu.volByID, old.ID)
-		}
-		vm := v
-		p.mu.vols[v.Name] = &vm
-		p.mu.volByID[v.ID] = &vm
-		if v.ID > p.mu.maxVolID {
-			p.mu.maxVolID = v.ID
-		}
-		p.mu.Unlock()
-	case "delete":
-		lo := blockPrefix(nil, v.ID, 0)
-		hi := blockPrefix(nil, v.ID+1, 0)
-		for ok := it.SeekGE(lo); ok && string(it.Key()) < string(hi); ok = it.Next() {
-			if l, err := decodeLoc(it.Value()); err == nil {
-				live[l.row]--
-			}
-		}
-		b.DeleteRange(lo, hi, nil)
-		b.Delete(volKey(v.ID), nil)
-		p.mu.Lock()
-		if old, ok := p.mu.volByID[v.ID]; ok {
-			delete(p.mu.volByID, v.ID)
-			if cur := p.mu.vols[old.Name]; cur == old {
-				delete(p.mu.vols, old.Name)
-			}
-			if old.handle != nil {
-				old.handle.deleted.Store(true)
-			}
-		}
-		if v.ID > p.mu.maxVolID {
-			p.mu.maxVolID = v.ID
-		}
-		p.mu.Unlock()
-	default:
-		return fmt.Errorf("%w: meta op %q", ErrCorruption, v.Op)
-	}
-	return nil
 }
 
 // stripe is one batch read back from the devices.
@@ -771,6 +558,12 @@ func (p *Pool) reconstruct(st *stripe) error {
 func (p *Pool) repairStripe(row uint32, off int64, members []uint8) (stripe, int, error) {
 	p.repairMu.Lock()
 	defer p.repairMu.Unlock()
+	return p.repairStripeLocked(row, off, members)
+}
+
+// repairStripeLocked is repairStripe.
+// REQUIRES: p.repairMu held.
+func (p *Pool) repairStripeLocked(row uint32, off int64, members []uint8) (stripe, int, error) {
 	st, found := p.readStripe(row, off, members, 0)
 	if !found {
 		return st, 0, fmt.Errorf("%w: no batch header at segment %d offset %d", ErrCorruption, row, off)
@@ -856,7 +649,9 @@ func (p *Pool) load(ctx context.Context) error {
 				it.Close()
 				return fmt.Errorf("%w: volume record: %v", ErrCorruption, err)
 			}
-			p.mu.vols[v.Name] = &v
+			if !v.Deleted {
+				p.mu.vols[v.Name] = &v
+			}
 			p.mu.volByID[v.ID] = &v
 		}
 	}
@@ -953,11 +748,8 @@ func (p *Pool) load(ctx context.Context) error {
 		p.log.Warn("discarding torn batch", "segment", t.row, "offset", t.off, "seq", t.h.Seq, logkey.Err, ErrTornTail)
 		p.m.tornBatches.Inc()
 	}
-	for i := range found {
-		sc := &found[i]
-		if err := p.applyCommitted(&sc.h, sc.row, sc.off, func(b int) []byte { return sc.meta[b] }); err != nil {
-			return err
-		}
+	if err := p.replay(found); err != nil {
+		return err
 	}
 	for _, f := range freed {
 		maxSeq = max(maxSeq, f)
@@ -985,27 +777,4 @@ func (p *Pool) load(ctx context.Context) error {
 }
 
 // countLive sets each volume's live block count from the index.
-func (p *Pool) countLive() error {
-	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixBlock}, UpperBound: []byte{prefixBlock + 1}})
-	if err != nil {
-		return fmt.Errorf("pool: index: %w", err)
-	}
-	defer it.Close()
-	counts := map[uint64]int64{}
-	var pv, pl uint64
-	first := true
-	for ok := it.First(); ok; ok = it.Next() {
-		vol, lba, _, kok := parseBlockKey(it.Key())
-		if !kok || (!first && vol == pv && lba == pl) {
-			continue
-		}
-		first, pv, pl = false, vol, lba
-		counts[vol]++
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for id, vm := range p.mu.volByID {
-		vm.live = counts[id]
-	}
-	return it.Error()
-}
+func (p *Pool) countLive() error { return p.countHeadLive() }

@@ -3,17 +3,42 @@ package pool
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"stave.dev/stave/internal/logkey"
 	"stave.dev/stave/pool/internal/layout"
 )
 
+// segRef is a segment as listed for a scrub or rebuild.
 type segRef struct {
 	row     uint32
 	members []uint8
 	tail    int64
+	// state identifies the segment: the cleaner may free the row and a
+	// new segment reuse it while the scrub works through its list.
+	state *segState
+}
+
+// errSegmentGone reports that a listed segment was freed meanwhile.
+var errSegmentGone = errors.New("pool: segment freed")
+
+// scrubStripe is repairStripe for the batch at off in segment s: it fails
+// with errSegmentGone when s.row no longer holds segment s. freeSegment
+// drops a segment under repairMu, so the segment stays for the whole
+// repair and no chunk of a freed log is written into a reused row.
+func (p *Pool) scrubStripe(s segRef, off int64) (stripe, int, error) {
+	p.repairMu.Lock()
+	defer p.repairMu.Unlock()
+	p.mu.Lock()
+	cur := p.mu.segs[s.row]
+	p.mu.Unlock()
+	if cur != s.state {
+		return stripe{}, 0, errSegmentGone
+	}
+	return p.repairStripeLocked(s.row, off, s.members)
 }
 
 func (p *Pool) segments(filter func(*segState) bool) []segRef {
@@ -25,7 +50,7 @@ func (p *Pool) segments(filter func(*segState) bool) []segRef {
 		if !ok || (filter != nil && !filter(s)) {
 			continue
 		}
-		out = append(out, segRef{r, append([]uint8(nil), s.members[:s.width()]...), s.tail})
+		out = append(out, segRef{r, append([]uint8(nil), s.members[:s.width()]...), s.tail, s})
 	}
 	return out
 }
@@ -83,9 +108,19 @@ func (p *Pool) scrub(ctx context.Context, progress func(Progress), rate int64, s
 				rep.Duration = time.Since(start)
 				return rep, err
 			}
-			st, n, err := p.repairStripe(s.row, off, s.members)
+			st, n, err := p.scrubStripe(s, off)
+			if errors.Is(err, errSegmentGone) {
+				break // freed by the cleaner: nothing left to verify
+			}
 			if !st.h.Valid() {
-				break // no header: end of the log of this segment
+				// Every offset below the tail starts a batch that was
+				// durable on at least k members: no header there means
+				// unreadable members, not the end of the log (and the
+				// rest of the segment cannot be found).
+				rep.Unrecoverable++
+				pr.Unreadable++
+				p.log.Error("segment unreadable", "segment", s.row, "offset", off, "tail", s.tail, logkey.Err, err)
+				break
 			}
 			cl := st.h.ChunkLen()
 			bad := int64(len(st.valid))
@@ -217,19 +252,31 @@ func (p *Pool) savePoolFile() error {
 		p.mu.Unlock()
 		return nil
 	}
-	pf := poolFile{PoolID: hex.EncodeToString(p.poolID[:]), SegmentSize: p.segSize}
-	for _, d := range p.mu.devs {
-		pf.Devices = append(pf.Devices, d.path)
-	}
-	for i := range p.mu.rebuilding {
-		pf.Rebuilding = append(pf.Rebuilding, i)
-	}
+	pf := p.poolFileLocked(p.mu.devs, -1)
 	p.mu.Unlock()
 	if err := writePoolFile(p.o.MetaDir, pf); err != nil {
 		return err
 	}
 	p.poolFileSaved = gen
 	return nil
+}
+
+// poolFileLocked returns the content of pool.json for the device list
+// devs and the rebuilding marks, plus device mark if mark >= 0.
+// REQUIRES: p.mu held.
+func (p *Pool) poolFileLocked(devs []*devSlot, mark int) poolFile {
+	pf := poolFile{PoolID: hex.EncodeToString(p.poolID[:]), SegmentSize: p.segSize}
+	for _, d := range devs {
+		pf.Devices = append(pf.Devices, d.path)
+	}
+	for i := range p.mu.rebuilding {
+		pf.Rebuilding = append(pf.Rebuilding, i)
+	}
+	if mark >= 0 && !p.mu.rebuilding[mark] {
+		pf.Rebuilding = append(pf.Rebuilding, mark)
+	}
+	sort.Ints(pf.Rebuilding)
+	return pf
 }
 
 // AddDevice adds a device (at least as large as the others) to the pool.
@@ -252,14 +299,68 @@ func (p *Pool) AddDevice(ctx context.Context, path string) error {
 		return err
 	}
 	d := &devSlot{path: path, index: n, dev: dev, sb: sb}
-	p.mu.Lock()
-	devs := append(append([]*devSlot(nil), p.mu.devs...), d)
-	p.mu.devs = devs
-	p.mu.poolFileGen++
-	p.updateReasonLocked()
-	p.mu.Unlock()
+	err = p.publishDevices(func(devs []*devSlot) ([]*devSlot, error) {
+		if len(devs) != n {
+			return nil, fmt.Errorf("%w: the pool's devices changed while %s was prepared", ErrInvalid, path)
+		}
+		return append(devs, d), nil
+	}, -1)
+	if err != nil {
+		dev.Close()
+		return err
+	}
 	p.log.Info("device added", logkey.Path, path, "device", n)
-	return p.savePoolFile()
+	return nil
+}
+
+// publishDevices makes edit(devices) the pool's device list, marking
+// device mark (if >= 0) as lacking chunks. It writes pool.json first and
+// changes the list in memory only once the file is durable.
+//
+// INVARIANT: a chunk is only written to a device that pool.json lists.
+// Open reads the devices pool.json names, so a chunk counted towards the
+// k chunks of an acknowledged batch on a device that pool.json did not
+// list yet (a ReplaceDevice or AddDevice cut short by a crash) would be
+// lost, and the batch with it.
+//
+//  1. Take swapMu: no batch is in flight (commit holds it from allocate
+//     to apply), and none starts with the old list.
+//  2. Take poolFileMu: no other pool.json write can land between ours
+//     and the switch, putting the old list back.
+//  3. Write and sync pool.json with the new list and the marks.
+//  4. Switch the list in memory.
+func (p *Pool) publishDevices(edit func(devs []*devSlot) ([]*devSlot, error), mark int) error {
+	p.swapMu.Lock()
+	defer p.swapMu.Unlock()
+	p.poolFileMu.Lock()
+	defer p.poolFileMu.Unlock()
+	p.mu.Lock()
+	devs, err := edit(append([]*devSlot(nil), p.mu.devs...))
+	if err != nil {
+		p.mu.Unlock()
+		return err
+	}
+	gen := p.mu.poolFileGen
+	pf := p.poolFileLocked(devs, mark)
+	p.mu.Unlock()
+	if err := writePoolFile(p.o.MetaDir, pf); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.mu.devs = devs
+	if mark >= 0 {
+		p.mu.rebuilding[mark] = true
+	}
+	// The file holds this state unless a mark was added meanwhile (a
+	// device failed): then the next savePoolFile must write it.
+	unchanged := p.mu.poolFileGen == gen
+	p.mu.poolFileGen++
+	if unchanged {
+		p.poolFileSaved = p.mu.poolFileGen
+	}
+	p.updateReasonLocked()
+	return nil
 }
 
 // ReplaceDevice replaces device old (failed, missing or healthy) by the
@@ -285,23 +386,23 @@ func (p *Pool) ReplaceDevice(ctx context.Context, old, new string, progress func
 		return err
 	}
 	nd := &devSlot{path: new, index: slot.index, dev: dev, sb: sb}
-	// Swap under swapMu: a batch in flight with the old device is applied
-	// first, so the segment list below covers it.
-	p.swapMu.Lock()
-	p.mu.Lock()
-	devs := append([]*devSlot(nil), p.mu.devs...)
-	devs[slot.index] = nd
-	p.mu.devs = devs
-	p.mu.rebuilding[slot.index] = true
-	p.mu.poolFileGen++
-	p.updateReasonLocked()
-	p.mu.Unlock()
-	p.swapMu.Unlock()
+	// Swap with pool.json recording the new device (rebuilding) before
+	// any chunk is written to it, and under swapMu: a batch in flight
+	// with the old device is applied first, so the segment list below
+	// covers it.
+	err = p.publishDevices(func(devs []*devSlot) ([]*devSlot, error) {
+		if devs[slot.index] != slot {
+			return nil, fmt.Errorf("%w: device %s was replaced meanwhile", ErrNotFound, old)
+		}
+		devs[slot.index] = nd
+		return devs, nil
+	}, slot.index)
+	if err != nil {
+		dev.Close()
+		return err
+	}
 	if slot.dev != nil {
 		slot.dev.Close()
-	}
-	if err := p.savePoolFile(); err != nil {
-		return err
 	}
 	p.log.Info("device replaced, rebuilding", "old", old, "new", new, "device", slot.index)
 	segs := p.segments(func(s *segState) bool {
@@ -333,31 +434,4 @@ func (p *Pool) ReplaceDevice(ctx context.Context, old, new string, progress func
 	p.mu.Unlock()
 	p.log.Info("rebuild done", "new", new, "stripes", rep.Stripes, "repaired", rep.Repaired)
 	return p.savePoolFile()
-}
-
-func errSnap(what string) error { return fmt.Errorf("%w: %s", ErrNotImplemented, what) }
-
-// CreateSnapshot is not implemented yet (pool: not implemented).
-func (p *Pool) CreateSnapshot(ctx context.Context, volume, snap string) error {
-	return errSnap("snapshots")
-}
-
-// DeleteSnapshot is not implemented yet (pool: not implemented).
-func (p *Pool) DeleteSnapshot(ctx context.Context, volume, snap string) error {
-	return errSnap("snapshots")
-}
-
-// Snapshots is not implemented yet (pool: not implemented).
-func (p *Pool) Snapshots(volume string) ([]SnapshotInfo, error) {
-	return nil, errSnap("snapshots")
-}
-
-// Clone is not implemented yet (pool: not implemented).
-func (p *Pool) Clone(ctx context.Context, volume, snap, newVolume string) (*Volume, error) {
-	return nil, errSnap("clones")
-}
-
-// Revert is not implemented yet (pool: not implemented).
-func (p *Pool) Revert(ctx context.Context, volume, snap string) error {
-	return errSnap("revert")
 }

@@ -82,7 +82,8 @@ type Pool struct {
 	// batch written with the old device is applied after the rebuild
 	// took its list of segments and tails.
 	swapMu sync.Mutex
-	// repairMu serialises stripe repairs.
+	// repairMu serialises stripe repairs; freeSegment holds it while it
+	// frees a segment (see scrubStripe).
 	repairMu sync.Mutex
 	// poolFileMu serialises writes of pool.json; poolFileSaved is the
 	// Pool.mu.poolFileGen last written (guarded by poolFileMu).
@@ -123,14 +124,31 @@ type Pool struct {
 
 // volMeta is a volume's metadata, stored in meta records and in the index.
 type volMeta struct {
-	Op     string `json:"op,omitempty"` // in meta records: "create" or "delete"
-	ID     uint64 `json:"id"`
-	Name   string `json:"name"`
-	Size   int64  `json:"size"`
-	K      int    `json:"k"`
-	M      int    `json:"m"`
-	live   int64  // mapped blocks; guarded by Pool.mu
-	handle *Volume
+	Op   string `json:"op,omitempty"` // in meta records: see snapshot.go ("create", "delete", ...)
+	ID   uint64 `json:"id"`
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+	K    int    `json:"k"`
+	M    int    `json:"m"`
+	// A clone's origin: the parent volume, the snapshot version it reads
+	// through to, and their names at clone time.
+	Parent     uint64 `json:"parent,omitempty"`
+	ParentVer  uint64 `json:"parent_ver,omitempty"`
+	ParentName string `json:"parent_name,omitempty"`
+	ParentSnap string `json:"parent_snap,omitempty"`
+	// Arguments of snapshot, unsnapshot and revert records.
+	Snap    string `json:"snap,omitempty"`
+	SnapVer uint64 `json:"snap_ver,omitempty"`
+	Created int64  `json:"created,omitempty"`
+	// State kept in the index only (guarded by Pool.mu): snapshots,
+	// reverts, deleted (a ghost that clones still read through to), and
+	// the version of the last meta record applied.
+	Snaps   []snapMeta   `json:"snaps,omitempty"`
+	Reverts []revertMeta `json:"reverts,omitempty"`
+	Deleted bool         `json:"deleted,omitempty"`
+	MetaVer uint64       `json:"meta_ver,omitempty"`
+	live    int64        // blocks the head reads as its own; guarded by Pool.mu
+	handle  *Volume
 }
 
 func newUUID() [16]byte {
@@ -344,18 +362,20 @@ func Open(ctx context.Context, o Options) (*Pool, error) {
 	p.mu.volByID = map[uint64]*volMeta{}
 	p.rows = -1
 	healthy := 0
+	var attachErrs []error
 	for i, path := range pf.Devices {
 		d := &devSlot{path: path, index: i}
 		p.mu.devs = append(p.mu.devs, d)
 		if err := p.attach(d); err != nil {
 			d.state.Store(uint32(DeviceMissing))
 			p.log.Error("device missing", logkey.Path, path, logkey.Err, err)
+			attachErrs = append(attachErrs, err)
 			continue
 		}
 		healthy++
 	}
 	if healthy == 0 {
-		return nil, fmt.Errorf("%w: no device of the pool could be opened", ErrNotFound)
+		return nil, fmt.Errorf("%w: no device of the pool could be opened: %w", ErrNotFound, errors.Join(attachErrs...))
 	}
 	p.m = newMetrics(o.Registerer, p)
 	db, err := openIndex(filepath.Join(o.MetaDir, indexDir), p.log)
@@ -582,6 +602,9 @@ func (p *Pool) updateReasonLocked() {
 	}
 	r := fmt.Sprintf("%v; %d healthy devices", bad, healthy)
 	for _, v := range p.mu.volByID {
+		if v.Deleted {
+			continue // a ghost kept for its clones
+		}
 		if v.K > healthy {
 			r += fmt.Sprintf("; volume %s (%d+%d) is read-only", v.Name, v.K, v.M)
 		} else if v.K+v.M > healthy {

@@ -202,8 +202,8 @@ func TestVolumeErrors(t *testing.T) {
 	if len(tp.p.Volumes()) != 0 {
 		t.Fatal("volume back after reopen")
 	}
-	if err := tp.p.CreateSnapshot(ctx, "a", "s"); !errors.Is(err, ErrNotImplemented) {
-		t.Fatalf("snapshot: %v", err)
+	if err := tp.p.CreateSnapshot(ctx, "a", "s"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("snapshot of a deleted volume: %v", err)
 	}
 }
 

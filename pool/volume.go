@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cockroachdb/pebble"
 	"github.com/minio/sha256-simd"
 
 	"stave.dev/stave/internal/logkey"
@@ -28,7 +27,7 @@ type Volume struct {
 	p       *Pool
 	id      uint64
 	name    string
-	size    int64
+	size    atomic.Int64 // grows with ResizeVolume
 	k, m    uint8
 	deleted atomic.Bool
 }
@@ -72,7 +71,8 @@ func (p *Pool) CreateVolume(ctx context.Context, name string, size int64, pol Po
 // writeMeta logs one volume metadata record in a batch of its own.
 func (p *Pool) writeMeta(ctx context.Context, vm volMeta) error {
 	blk := encodeMeta(vm)
-	r := &writeReq{k: uint8(vm.K), m: uint8(vm.M), alone: true, blocks: [][]byte{blk},
+	// Deletes free space: they may use the GC reserve, like tombstones.
+	r := &writeReq{k: uint8(vm.K), m: uint8(vm.M), alone: true, blocks: [][]byte{blk}, reserve: vm.Op == opDelete || vm.Op == opUnsnapshot,
 		recs: []layout.Record{{Volume: metaVolume, LBA: vm.ID, Kind: layout.KindMeta, SHA: sha256.Sum256(blk)}}}
 	return mapWriteErr(p.submit(ctx, r))
 }
@@ -86,7 +86,8 @@ func (p *Pool) Volume(name string) (*Volume, error) {
 		return nil, fmt.Errorf("%w: volume %q", ErrNotFound, name)
 	}
 	if vm.handle == nil {
-		vm.handle = &Volume{p: p, id: vm.ID, name: vm.Name, size: vm.Size, k: uint8(vm.K), m: uint8(vm.M)}
+		vm.handle = &Volume{p: p, id: vm.ID, name: vm.Name, k: uint8(vm.K), m: uint8(vm.M)}
+		vm.handle.size.Store(vm.Size)
 	}
 	return vm.handle, nil
 }
@@ -99,25 +100,31 @@ func (p *Pool) Volumes() []VolumeInfo {
 	var out []VolumeInfo
 	for _, vm := range p.mu.vols {
 		out = append(out, VolumeInfo{Name: vm.Name, ID: vm.ID, Size: vm.Size, Policy: Policy{vm.K, vm.M},
+			Parent: vm.ParentName, ParentSnapshot: vm.ParentSnap,
 			Logical: vm.live * layout.BlockSize, ReadOnly: vm.K > healthy})
 	}
 	sortInfos(out)
 	return out
 }
 
-// DeleteVolume deletes a volume and unmaps all its blocks (their space is
-// garbage for GC). Open handles fail with ErrNotFound afterwards.
+// DeleteVolume deletes a volume and its snapshots and unmaps all its
+// blocks (their space is garbage for GC). Clones of its snapshots keep
+// reading them: the volume stays, hidden and nameless (its name may be
+// reused), holding only the blocks they read, until its last clone is
+// deleted. Open handles fail with ErrNotFound afterwards.
 func (p *Pool) DeleteVolume(ctx context.Context, name string) error {
 	p.metaMu.Lock()
 	defer p.metaMu.Unlock()
 	p.mu.Lock()
 	vm, ok := p.mu.vols[name]
+	var d volMeta
+	if ok {
+		d = vm.record(opDelete)
+	}
 	p.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("%w: volume %q", ErrNotFound, name)
 	}
-	d := *vm
-	d.Op, d.handle = "delete", nil
 	if err := p.writeMeta(ctx, d); err != nil {
 		return err
 	}
@@ -126,7 +133,7 @@ func (p *Pool) DeleteVolume(ctx context.Context, name string) error {
 }
 
 // Size returns the volume size in bytes.
-func (v *Volume) Size() int64 { return v.size }
+func (v *Volume) Size() int64 { return v.size.Load() }
 
 // Name returns the volume name.
 func (v *Volume) Name() string { return v.name }
@@ -141,8 +148,8 @@ func (v *Volume) check(off, n int64) error {
 	if v.p.closed.Load() {
 		return ErrClosed
 	}
-	if off < 0 || n < 0 || off%sectorSize != 0 || n%sectorSize != 0 || off+n > v.size {
-		return fmt.Errorf("%w: range [%d, +%d) of volume %q (%d bytes)", ErrInvalid, off, n, v.name, v.size)
+	if size := v.size.Load(); off < 0 || n < 0 || off%sectorSize != 0 || n%sectorSize != 0 || off+n > size {
+		return fmt.Errorf("%w: range [%d, +%d) of volume %q (%d bytes)", ErrInvalid, off, n, v.name, size)
 	}
 	return nil
 }
@@ -198,33 +205,10 @@ func (v *Volume) ReadAt(ctx context.Context, b []byte, off int64) error {
 	})
 }
 
-// forEachMapped calls fn for the newest version of each mapped block of
-// vol in [lba0, lba1), in LBA order.
+// forEachMapped calls fn, in LBA order, for each block of vol in [lba0,
+// lba1) that the volume's head reads as data (see forEachVisible).
 func (p *Pool) forEachMapped(vol, lba0, lba1 uint64, fn func(lba uint64, l *loc) error) error {
-	lo := blockPrefix(nil, vol, lba0)
-	hi := blockPrefix(nil, vol, lba1)
-	it, err := p.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
-	if err != nil {
-		return fmt.Errorf("pool: index: %w", err)
-	}
-	defer it.Close()
-	var prev uint64
-	first := true
-	for ok := it.First(); ok; ok = it.Next() {
-		_, lba, _, kok := parseBlockKey(it.Key())
-		if !kok || (!first && lba == prev) {
-			continue
-		}
-		first, prev = false, lba
-		l, err := decodeLoc(it.Value())
-		if err != nil {
-			return err
-		}
-		if err := fn(lba, &l); err != nil {
-			return err
-		}
-	}
-	return it.Error()
+	return p.forEachVisible(vol, lba0, lba1, fn)
 }
 
 // members returns the member devices of segment row.
@@ -238,19 +222,29 @@ func (p *Pool) members(row uint32) ([]uint8, error) {
 	return append([]uint8(nil), s.members[:s.width()]...), nil
 }
 
+// chunkDevice returns the device that holds chunk c of segment row.
+func (p *Pool) chunkDevice(row uint32, c int) (*devSlot, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s, ok := p.mu.segs[row]
+	if !ok {
+		return nil, fmt.Errorf("%w: index points at free segment %d", ErrCorruption, row)
+	}
+	if c >= s.width() {
+		return nil, fmt.Errorf("%w: chunk %d outside the %d+%d stripe of segment %d", ErrCorruption, c, s.k, s.m, row)
+	}
+	return p.mu.devs[s.members[c]], nil
+}
+
 // readBlock reads the block at l into dst (4 KiB) and verifies it; on a
 // device error or checksum mismatch it reconstructs and repairs the stripe.
+// The path without an error does not allocate.
 func (p *Pool) readBlock(l *loc, dst []byte) error {
-	members, err := p.members(l.row)
+	c, boff := l.chunk()
+	d, err := p.chunkDevice(l.row, c)
 	if err != nil {
 		return err
 	}
-	c, boff := l.chunk()
-	if c >= len(members) {
-		return fmt.Errorf("%w: block %d outside stripe", ErrCorruption, l.block)
-	}
-	devs := p.devices()
-	d := devs[members[c]]
 	base := p.rowOff(l.row) + l.batchOff
 	err = d.readFull(dst, base+boff)
 	if err == nil {
@@ -263,6 +257,10 @@ func (p *Pool) readBlock(l *loc, dst []byte) error {
 		p.log.Warn("checksum mismatch", "device", d.index, logkey.Path, d.path, "segment", l.row, "offset", l.batchOff+boff)
 	} else {
 		p.noteReadError(d, err)
+	}
+	members, err := p.members(l.row)
+	if err != nil {
+		return err
 	}
 	st, _, rerr := p.repairStripe(l.row, l.batchOff, members)
 	if rerr != nil {
@@ -445,7 +443,7 @@ func (v *Volume) MapStatus(ctx context.Context, off, limit int64) (bool, int64, 
 	if err := v.check(off, 0); err != nil {
 		return false, 0, err
 	}
-	end := min(v.size, off+limit)
+	end := min(v.size.Load(), off+limit)
 	if off >= end {
 		return false, 0, nil
 	}

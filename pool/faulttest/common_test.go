@@ -592,15 +592,10 @@ func copyMap(m map[int64]uint64) map[int64]uint64 {
 	return c
 }
 
-// must fails the test when err is not nil, or skips it when the pool does
-// not implement the operation yet (pool.ErrNotImplemented).
+// must fails the test when err is not nil.
 func must(t testing.TB, err error, what string) {
 	t.Helper()
-	if err == nil {
-		return
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
 	}
-	if errors.Is(err, pool.ErrNotImplemented) {
-		t.Skipf("%s: %v", what, err)
-	}
-	t.Fatalf("%s: %v", what, err)
 }

@@ -404,16 +404,6 @@ func recoverAfterDegradedGC(t *testing.T, seed uint64, devices int) {
 // also survive losing another device: a pool that claims full redundancy
 // must have it.
 func TestCrashDuringRebuild(t *testing.T) {
-	// KNOWN BUG (2026-11-22, open in issue 4): about 1 run in 30 under load
-	// this test finds an acknowledged write lost after a power cut during
-	// ReplaceDevice ("block N holds seq <initial> … lost acknowledged write
-	// or resurrected old data"; write seeds 1795314988308089603,
-	// 1795315040265923860). Until it is fixed the test runs only in the
-	// heavy mode (FAULTTEST_HEAVY=1 or -faulttest.heavy), so that CI stays
-	// a signal for everything else; the fix must bring it back.
-	if !heavy() {
-		t.Skip("known lost-write bug during crash-in-rebuild; run with FAULTTEST_HEAVY=1 (see the comment)")
-	}
 	seed := testSeed(t)
 	ctx := testContext(t, 2*time.Minute)
 	dir := t.TempDir()
