@@ -12,11 +12,11 @@ PORT     ?= $(lastword $(subst :, ,$(PORTAL)))
 API      := unix:$(DATA)/stave.sock
 FUZZTIME ?= 60s
 # qemu-block-extra holds qemu-io/qemu-img's iscsi:// driver (only a Recommends of qemu-utils).
-DEB_DEPS := libiscsi-bin tgt qemu-system-x86 qemu-utils qemu-block-extra debootstrap sg3-utils e2fsprogs cpio kmod
+DEB_DEPS := libiscsi-bin tgt qemu-system-x86 qemu-utils qemu-block-extra debootstrap sg3-utils e2fsprogs cpio kmod fio
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_IQN := iqn.2026-11.dev.stave:demo
 
-.PHONY: all build run deps test unit fmt-check vet fuzz-short e2e conformance fuzz bench package clean
+.PHONY: all build run deps test unit fmt-check vet fuzz-short e2e conformance fuzz bench bench-pool package clean
 
 all: build
 
@@ -95,10 +95,16 @@ test: deps build fmt-check vet unit fuzz-short e2e
 conformance: build
 	bash tools/conformance/run.sh --stave-bin $(BIN) $(CONFORMANCE_ARGS)
 
-# bench runs the Stave-vs-tgt matrix and rewrites the results in docs/benchmarks.md;
-# extra options (e.g. -runs 5) in BENCH_ARGS.
+# bench runs the matrix of Stave (file volume and 2+1 pool volume) against tgt, with QD1
+# latency percentiles, and rewrites the results in docs/benchmarks.md; extra options
+# (e.g. -runs 5) in BENCH_ARGS.
 bench: deps build
 	$(GO) run ./tools/bench -stave-bin $(BIN) -out docs/benchmarks.md $(BENCH_ARGS)
+
+# bench-pool measures the pool (1+0, 2+1, 4+2) against the raw files under it: fio,
+# go test -bench and iSCSI; it rewrites its own section of docs/benchmarks.md.
+bench-pool: deps build
+	$(GO) run ./tools/bench -layouts 1+0,2+1,4+2 -stave-bin $(BIN) -out docs/benchmarks.md $(BENCH_ARGS)
 
 # package builds the .deb with nfpm (pinned: later versions do not build from the module proxy).
 NFPM        ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2

@@ -109,7 +109,7 @@ func TestSelectCells(t *testing.T) {
 		if c.BlockSize%4096 != 0 || c.Depth < 1 {
 			t.Errorf("cell %s: block size %d, depth %d", c.Name, c.BlockSize, c.Depth)
 		}
-		if c.Write != (c.Tool == ToolQemuImg) {
+		if c.Tool != ToolLatency && c.Write != (c.Tool == ToolQemuImg) {
 			t.Errorf("cell %s: writes go through qemu-img, reads through iscsi-perf", c.Name)
 		}
 	}
@@ -145,13 +145,16 @@ func TestReplaceSection(t *testing.T) {
 
 func TestMarkdown(t *testing.T) {
 	cells := defaultCells()[:2]
+	lat, _ := selectCells("lat-read-4k")
+	cells = append(cells, lat...)
 	r := Report{
 		Command: "go run ./tools/bench -out docs/benchmarks.md",
 		Runs:    3, RunTime: 5 * time.Second, Size: 2 << 30, Fill: "filled",
 		Machine: Machine{CPUs: 2, CPUModel: "AMD EPYC", Kernel: "6.1", MemTotal: "24 GiB",
 			Start: time.Date(2026, 11, 22, 1, 0, 0, 0, time.UTC), Until: time.Date(2026, 11, 22, 1, 9, 0, 0, time.UTC)},
-		Targets: []TargetInfo{{Key: "stave", Title: "Stave", Version: "stave abc"}, {Key: "tgt", Title: "tgt", Version: "tgtd 1.0.85"}},
-		Cells:   cells,
+		Targets: []TargetInfo{{Key: "stave", Title: "Stave", Version: "stave abc"}, {Key: "pool", Title: "Pool", Version: "stave abc"},
+			{Key: "tgt", Title: "tgt", Version: "tgtd 1.0.85"}},
+		Cells: cells,
 	}
 	add := func(target, cell string, iops ...float64) {
 		for i, v := range iops {
@@ -159,14 +162,22 @@ func TestMarkdown(t *testing.T) {
 		}
 	}
 	add("stave", cells[0].Name, 20000, 22000, 21000)
+	add("pool", cells[0].Name, 5000)
 	add("tgt", cells[0].Name, 10000, 9000, 11000)
 	add("tgt", cells[1].Name, 50000)
 	r.Samples = append(r.Samples, Sample{Target: "stave", Cell: cells[1].Name, Run: 1, Err: "iscsi-perf: bench: client stalled"})
+	for i, p := range []float64{40, 50, 45} {
+		r.Samples = append(r.Samples, Sample{Target: "stave", Cell: "lat-read-4k", Run: i + 1, IOPS: 20000, P50: p, P99: 2 * p})
+		r.Samples = append(r.Samples, Sample{Target: "tgt", Cell: "lat-read-4k", Run: i + 1, IOPS: 10000, P50: 2 * p, P99: 8 * p})
+	}
 	md := r.Markdown()
 	for _, want := range []string{
-		"| 4 KiB random read, QD1 (IOPS) | 21.0k (20.0k–22.0k) | 10.0k (9000–11.0k) | 2.10 | 2.00 | 2.00 |",
-		"| 4 KiB random read, QD32 (IOPS) | failed: iscsi-perf: bench: client stalled | 50.0k | – | – | 2.00 |",
-		"| 4 KiB random read latency, QD1 (µs, 1/IOPS), lower is better | 47.6 (45.5–50.0) | 100 (90.9–111) | 0.48 | – | – |",
+		"| workload | Stave median (min–max) | Pool median (min–max) | tgt median (min–max) | Stave / tgt | Pool / tgt | Stave CPU s/GiB | Pool CPU s/GiB | tgt CPU s/GiB |",
+		"| 4 KiB random read, QD1 (IOPS) | 21.0k (20.0k–22.0k) | 5000 | 10.0k (9000–11.0k) | 2.10 | 0.50 | 2.00 | 2.00 | 2.00 |",
+		"| 4 KiB random read, QD32 (IOPS) | failed: iscsi-perf: bench: client stalled | – | 50.0k | – | – | – | – | 2.00 |",
+		"| 4 KiB random read, QD1 | Stave | 45.0 (40.0–50.0) | 90.0 (80.0–100) | 20.0k | 0.50 | 0.25 |",
+		"| 4 KiB random read, QD1 | tgt | 90.0 (80.0–100) | 360 (320–400) | 10.0k |  |  |",
+		"Issue 7 goal, Pool ≥ 1.0× tgt at 4 KiB QD32: read –× (not measured).",
 		"| date | 2026-11-22 01:00 – 01:09 UTC |",
 		"Command: `go run ./tools/bench -out docs/benchmarks.md`",
 	} {

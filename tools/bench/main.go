@@ -6,21 +6,25 @@
 // Usage:
 //
 //	go run ./tools/bench [-stave-bin bin/stave] [-out docs/benchmarks.md]
-//	    [-targets stave,tgt] [-cells all|NAME,...] [-runs 3] [-time 5s]
-//	    [-size 2GiB] [-fill iscsi|file|none] [-work DIR] [-keep] [-json FILE]
+//	    [-targets stave,pool,tgt] [-cells all|NAME,...] [-runs 3] [-time 5s]
+//	    [-size 2GiB] [-pool-policy 2+1] [-fill iscsi|file|none] [-work DIR]
+//	    [-keep] [-json FILE]
+//	go run ./tools/bench -layouts 1+0,2+1,4+2 [-out docs/benchmarks.md] ...
 //
-// It starts `stave serve` (portal 127.0.0.1:3281, one volume "bench", LUN 0)
-// and `tgtd -f` (portal 127.0.0.1:3282, control port 9, an rdwr backing
-// store on a file of the same size in the same work directory, LUN 1),
-// both at once, and puts only one of them under load at a time. It first
-// fills each LU completely (1 MiB sequential writes, so that reads hit
-// allocated, non-zero data), then runs every cell -runs times, the targets
-// taking turns run by run so that the noise of this shared machine falls on
-// both alike:
+// It starts `stave serve` twice, once with a file volume (portal
+// 127.0.0.1:3281) and once with a pool of k+m files and a volume of
+// policy -pool-policy in it (portal 127.0.0.1:3283; checksums are always
+// on in the pool), and `tgtd -f` (portal 127.0.0.1:3282, control port 9,
+// an rdwr backing store on a file of the same size in the same work
+// directory, LUN 1), all at once, and puts only one of them under load at
+// a time. It first fills each LU completely (1 MiB sequential writes, so
+// that reads hit allocated, non-zero data), then runs every cell -runs
+// times, the targets taking turns run by run (ABBA order) so that the
+// noise of this shared machine falls on all alike:
 //
 //   - reads: libiscsi's iscsi-perf (-r random, -m in flight, -b blocks per
 //     I/O, -t seconds), 4 KiB random at QD1 and QD32, 128 KiB and 1 MiB
-//     sequential at QD8. Before each read run the backing file is read
+//     sequential at QD8. Before each read run the backing files are read
 //     through, since this machine reclaims idle page cache within ~30 s.
 //     libiscsi 1.19's iscsi-perf never ends after a stall, so every client
 //     runs under a hard time limit (SIGTERM, then SIGKILL) and a run that
@@ -30,15 +34,22 @@
 //     a step of 257 blocks (qemu-img bench has no random mode; the step
 //     wraps at the end of the LU and never lets two writes merge), 1 MiB
 //     sequential at QD8. Write runs are count-bound: a short calibration run
-//     per target sets the count for about -time.
+//     per target sets the count for about -time;
+//   - QD1 latency: this program's own minimal initiator (initiator.go; no
+//     client on this machine reports percentiles, and Debian's fio has no
+//     libiscsi engine) times every 4 KiB read or write at random aligned
+//     offsets and reports p50 and p99.
 //
 // For every run it reads the target daemon's utime+stime from
 // /proc/PID/stat before and after and reports CPU seconds per GiB moved.
-// QD1 latency is 1/IOPS (neither client reports percentiles).
+//
+// The layouts mode (-layouts; layouts.go) measures the pool against the
+// raw files under it instead, and rewrites the section between
+// <!-- bench-pool:begin --> and <!-- bench-pool:end -->.
 //
 // Everything it starts is stopped on exit, also on failure or ^C. Only
-// loopback traffic; ports 3281 and 3282 and tgtd control port 9 unless
-// told otherwise.
+// loopback traffic; ports 3281 to 3283 (and 3293 on for the layouts) and
+// tgtd control port 9 unless told otherwise.
 package main
 
 import (
@@ -72,20 +83,33 @@ type config struct {
 	fill       string
 	work       string
 	keep       bool
+	keepDir    bool // -work named the directory: keep it, remove its data files
 	stavePort  int
+	poolPort   int
+	poolPolicy string
+	poolDev    int64
 	tgtPort    int
 	tgtControl int
 	initiator  string
 	nice       int
 	args       []string
+	// The layouts mode.
+	layouts      string
+	layoutDev    int64
+	layoutVol    int64
+	fioTime      time.Duration
+	goBenchTime  time.Duration
+	goBenchCount int
+	src          string
+	staveRev     string
 }
 
 func main() {
 	var c config
-	var size string
+	var size, poolDev, layoutDev, layoutVol string
 	flag.StringVar(&c.staveBin, "stave-bin", "", "stave binary (default: go build ./cmd/stave into the work dir)")
 	flag.StringVar(&c.out, "out", "", "markdown file whose generated section to rewrite (default: print it only)")
-	flag.StringVar(&c.targets, "targets", "stave,tgt", "comma-separated targets to measure: stave, tgt")
+	flag.StringVar(&c.targets, "targets", "stave,pool,tgt", "comma-separated targets to measure: stave (file volume), pool (pool volume), tgt; ratios are against the last")
 	flag.StringVar(&c.cells, "cells", "all", "comma-separated cells to run (names as printed by -list), or all")
 	list := flag.Bool("list", false, "list the cells and exit")
 	flag.IntVar(&c.runs, "runs", 3, "runs per cell and target")
@@ -97,9 +121,21 @@ func main() {
 	flag.StringVar(&c.jsonOut, "json", "", "also write the report with every run's figures as JSON to this file")
 	flag.BoolVar(&c.keep, "keep", false, "keep the work directory (logs of every run)")
 	flag.IntVar(&c.stavePort, "stave-port", 3281, "Stave portal port on 127.0.0.1")
+	flag.IntVar(&c.poolPort, "pool-port", 3283, "portal port on 127.0.0.1 of the Stave serving the pool volume")
+	flag.StringVar(&c.poolPolicy, "pool-policy", "2+1", "policy k+m of the pool volume; the pool gets k+m device files")
+	flag.StringVar(&poolDev, "pool-dev-size", "", "size of each pool device file (default: -size)")
 	flag.IntVar(&c.tgtPort, "tgt-port", 3282, "tgtd portal port on 127.0.0.1")
 	flag.IntVar(&c.tgtControl, "tgt-control", 9, "tgtd control port (tgtadm -C)")
 	flag.IntVar(&c.nice, "nice", 0, "niceness of the daemons and clients (e.g. -5 to be less disturbed by other jobs; 0: unchanged)")
+	flag.StringVar(&c.layouts, "layouts", "", "layouts mode (make bench-pool): comma-separated policies, e.g. 1+0,2+1,4+2: "+
+		"raw fio on k+m files, then a pool on them through iSCSI, then go test -bench; rewrites the bench-pool section")
+	flag.StringVar(&layoutDev, "layout-dev-size", "2GiB", "layouts mode: size of each file")
+	flag.StringVar(&layoutVol, "layout-vol-size", "1GiB", "layouts mode: size of the pool volume")
+	flag.DurationVar(&c.fioTime, "fio-time", 3*time.Second, "layouts mode: length of one fio run")
+	flag.DurationVar(&c.goBenchTime, "gobench-time", time.Second, "layouts mode: go test -benchtime")
+	flag.IntVar(&c.goBenchCount, "gobench-count", 3, "layouts mode: go test -count (0: no go test -bench)")
+	flag.StringVar(&c.src, "src", ".", "layouts mode: module root to run go test -bench ./pool in")
+	flag.StringVar(&c.staveRev, "stave-rev", "", "what the report says the stave binary was built from (default: this tree's git revision, +dirty if changed)")
 	flag.StringVar(&c.initiator, "initiator", "iqn.2026-11.dev.stave.bench:client", "initiator name of iscsi-perf")
 	flag.Parse()
 	if *list {
@@ -112,6 +148,20 @@ func main() {
 	if c.size, err = parseSize(size); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
+	}
+	if c.layoutDev, err = parseSize(layoutDev); err == nil {
+		c.layoutVol, err = parseSize(layoutVol)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	c.poolDev = c.size + 1<<30
+	if poolDev != "" {
+		if c.poolDev, err = parseSize(poolDev); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(2)
+		}
 	}
 	c.args = os.Args[1:]
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -185,9 +235,13 @@ func run(ctx context.Context, c config, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	for _, tool := range []string{"iscsi-perf", "iscsi-readcapacity16", "qemu-img"} {
+	tools := []string{"iscsi-perf", "iscsi-readcapacity16", "qemu-img"}
+	if c.layouts != "" {
+		tools = append(tools, "fio")
+	}
+	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("%s not found (apt-get install libiscsi-bin qemu-utils qemu-block-extra)", tool)
+			return fmt.Errorf("%s not found (apt-get install libiscsi-bin qemu-utils qemu-block-extra fio)", tool)
 		}
 	}
 	if c.work == "" {
@@ -195,8 +249,9 @@ func run(ctx context.Context, c config, w io.Writer) error {
 			return err
 		}
 	} else {
-		// A directory the user names is never removed.
-		c.keep = true
+		// A directory the user names is never removed; only the large
+		// data files in it are, unless -keep.
+		c.keepDir = true
 		if err := os.MkdirAll(c.work, 0o755); err != nil {
 			return err
 		}
@@ -205,9 +260,13 @@ func run(ctx context.Context, c config, w io.Writer) error {
 		return err
 	}
 	defer func() {
-		if c.keep {
+		switch {
+		case c.keep:
 			fmt.Fprintf(w, "work directory kept: %s\n", c.work)
-		} else {
+		case c.keepDir:
+			removeData(c.work)
+			fmt.Fprintf(w, "work directory kept (logs; data files removed): %s\n", c.work)
+		default:
 			os.RemoveAll(c.work)
 		}
 	}()
@@ -231,6 +290,14 @@ func run(ctx context.Context, c config, w io.Writer) error {
 		Machine: machine(),
 	}
 	b.report.Command = strings.TrimSpace(b.report.Command)
+	b.report.Machine.FS = filesystemOf(c.work)
+	if c.layouts != "" {
+		var pols []string
+		for p := range strings.SplitSeq(c.layouts, ",") {
+			pols = append(pols, strings.TrimSpace(p))
+		}
+		return b.runLayouts(ctx, pols)
+	}
 
 	defer func() {
 		for _, t := range b.targets {
@@ -272,6 +339,37 @@ func run(ctx context.Context, c config, w io.Writer) error {
 	return nil
 }
 
+// removeData removes the files of dir (recursively) that hold data rather
+// than logs: backing files, pool devices, data directories.
+func removeData(dir string) {
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return nil
+		}
+		if d.IsDir() {
+			if strings.HasSuffix(d.Name(), "-data") || d.Name() == "gotmp" {
+				os.RemoveAll(p)
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(d.Name(), ".log") && !strings.HasSuffix(d.Name(), ".json") {
+			os.Remove(p)
+		}
+		return nil
+	})
+}
+
+// freeBytes returns the space available to this user on the filesystem
+// that holds dir.
+func freeBytes(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
 // quoteArgs quotes the arguments that the shell would split.
 func quoteArgs(args []string) []string {
 	out := make([]string, len(args))
@@ -298,24 +396,37 @@ func (b *bench) startTargets(ctx context.Context) error {
 		info := TargetInfo{Key: strings.TrimSpace(key)}
 		switch info.Key {
 		case "stave":
-			bin := c.staveBin
-			if bin == "" {
-				bin = filepath.Join(c.work, "stave")
-				b.logf("building %s", bin)
-				out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/stave").CombinedOutput()
-				if err != nil {
-					return fmt.Errorf("go build ./cmd/stave: %v: %s", err, out)
-				}
+			bin, err := b.staveBin(ctx)
+			if err != nil {
+				return err
 			}
-			info.Title, info.Version = "Stave", gitRevision()
-			t = &staveTarget{bin: bin, dir: filepath.Join(c.work, "stave-data"), port: c.stavePort,
+			info.Title, info.Version = "Stave file", b.staveRev()+", file-backed volume"
+			t = &staveTarget{key: info.Key, bin: bin, dir: filepath.Join(c.work, "stave-data"), port: c.stavePort,
 				size: c.size, volume: "bench", initiator: c.initiator, nice: c.nice}
+		case "pool":
+			bin, err := b.staveBin(ctx)
+			if err != nil {
+				return err
+			}
+			k, m, err := parsePolicy(c.poolPolicy)
+			if err != nil {
+				return err
+			}
+			ps := &poolSpec{DevSize: c.poolDev, Policy: c.poolPolicy}
+			for i := range k + m {
+				ps.Devices = append(ps.Devices, filepath.Join(c.work, fmt.Sprintf("pool-dev%d", i)))
+			}
+			info.Title = "Stave pool " + c.poolPolicy
+			info.Version = fmt.Sprintf("%s, pool volume %s on %d files of %s (checksums on)",
+				b.staveRev(), c.poolPolicy, k+m, sizeText(c.poolDev))
+			t = &staveTarget{key: info.Key, bin: bin, dir: filepath.Join(c.work, "stave-pool-data"), port: c.poolPort,
+				size: c.size, volume: "bench", initiator: c.initiator, nice: c.nice, pool: ps}
 		case "tgt":
 			info.Title = "tgt"
 			info.Version = "tgtd " + dpkgVersion("tgt") + ", rdwr backing store"
 			t = &tgtTarget{dir: c.work, port: c.tgtPort, control: c.tgtControl, size: c.size, initiator: c.initiator, nice: c.nice}
 		default:
-			return fmt.Errorf("unknown target %q (want stave or tgt)", key)
+			return fmt.Errorf("unknown target %q (want stave, pool or tgt)", key)
 		}
 		b.logf("starting %s", info.Title)
 		if err := t.Start(ctx); err != nil {
@@ -336,6 +447,37 @@ func (b *bench) startTargets(ctx context.Context) error {
 		return errors.New("no target started")
 	}
 	return nil
+}
+
+// staveBin returns the stave binary: -stave-bin, or one built from the
+// tree into the work directory (once).
+func (b *bench) staveBin(ctx context.Context) (string, error) {
+	if b.cfg.staveBin != "" {
+		return b.cfg.staveBin, nil
+	}
+	bin := filepath.Join(b.cfg.work, "stave")
+	b.logf("building %s", bin)
+	out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/stave").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build ./cmd/stave: %v: %s", err, out)
+	}
+	b.cfg.staveBin = bin
+	return bin, nil
+}
+
+// parsePolicy parses "k+m".
+func parsePolicy(s string) (k, m int, err error) {
+	a, c, ok := strings.Cut(s, "+")
+	if ok {
+		k, err = strconv.Atoi(a)
+		if err == nil {
+			m, err = strconv.Atoi(c)
+		}
+	}
+	if !ok || err != nil || k < 1 || m < 0 || k+m > 32 {
+		return 0, 0, fmt.Errorf("bad policy %q: want k+m, e.g. 2+1", s)
+	}
+	return k, m, nil
 }
 
 // fillAll writes every LU through, so that reads hit allocated data.
@@ -362,14 +504,23 @@ func (b *bench) fillAll(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			b.note("%s: filling the LU through iSCSI failed (%v); wrote the backing file directly", b.title(t), err)
 			b.logf("%s: fill through iSCSI failed: %v", t.Key(), err)
+			if !t.Fillable() {
+				b.note("%s: filling the LU through iSCSI failed (%v); not filled (its blocks live in a pool)", b.title(t), err)
+				continue
+			}
+			b.note("%s: filling the LU through iSCSI failed (%v); wrote the backing file directly", b.title(t), err)
 		}
-		if err := fillFile(t.BackingFile()); err != nil {
+		if !t.Fillable() {
+			b.note("%s: not filled (-fill file): its blocks live in a pool", b.title(t))
+			continue
+		}
+		file := t.BackingFiles()[0]
+		if err := fillFile(file); err != nil {
 			b.note("%s: could not fill the backing file: %v", b.title(t), err)
 			continue
 		}
-		b.logf("%s: filled %s in %.1fs", t.Key(), t.BackingFile(), time.Since(start).Seconds())
+		b.logf("%s: filled %s in %.1fs", t.Key(), file, time.Since(start).Seconds())
 	}
 }
 
@@ -468,8 +619,10 @@ func (b *bench) runOnce(ctx context.Context, t Target, cell Cell, r, count int) 
 		return s
 	}
 	if !cell.Write {
-		if err := warmFile(t.BackingFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
-			b.logf("%s: warming %s: %v", t.Key(), t.BackingFile(), err)
+		for _, f := range t.BackingFiles() {
+			if err := warmFile(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				b.logf("%s: warming %s: %v", t.Key(), f, err)
+			}
 		}
 	}
 	cpu0, cerr0 := cpuSeconds(t.PID(), b.clkTck)
@@ -481,6 +634,8 @@ func (b *bench) runOnce(ctx context.Context, t Target, cell Cell, r, count int) 
 	case ToolQemuImg:
 		limit := 3*b.cfg.runTime + 30*time.Second
 		res, err = b.client.QemuWrite(ctx, t.URL(), cell, count, limit)
+	case ToolLatency:
+		res, err = b.client.Latency(ctx, t.URL(), cell, b.cfg.runTime)
 	}
 	cpu1, cerr1 := cpuSeconds(t.PID(), b.clkTck)
 	b.logRun(t, cell, r, res, err)
@@ -494,6 +649,7 @@ func (b *bench) runOnce(ctx context.Context, t Target, cell Cell, r, count int) 
 	}
 	s.IOPS = res.IOPS()
 	s.Bytes = res.Ops * float64(cell.BlockSize)
+	s.P50, s.P99 = res.Lat.P50, res.Lat.P99
 	if cerr0 == nil && cerr1 == nil {
 		s.CPU = cpu1 - cpu0
 	}
@@ -521,9 +677,13 @@ func (b *bench) logRun(t Target, cell Cell, r int, res Result, err error) {
 	if r == 0 {
 		what = "calibration"
 	}
-	if err != nil {
+	switch {
+	case err != nil:
 		b.logf("%-5s %-18s %s: FAILED: %v", t.Key(), cell.Name, what, err)
-	} else {
+	case cell.Tool == ToolLatency:
+		b.logf("%-5s %-18s %s: %8.0f IOPS  p50 %6.1f µs  p99 %6.1f µs", t.Key(), cell.Name, what,
+			res.IOPS(), res.Lat.P50, res.Lat.P99)
+	default:
 		b.logf("%-5s %-18s %s: %8.0f IOPS %8.1f MiB/s", t.Key(), cell.Name, what,
 			res.IOPS(), res.IOPS()*float64(cell.BlockSize)/(1<<20))
 	}
@@ -600,6 +760,35 @@ func machine() Machine {
 	return m
 }
 
+// filesystemOf returns the filesystem type and source of the mount that
+// holds path, from /proc/mounts (the longest matching mount point).
+func filesystemOf(path string) string {
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		return "unknown"
+	}
+	return mountOf(string(b), path)
+}
+
+// mountOf finds path's mount in the text of /proc/mounts.
+func mountOf(mounts, path string) string {
+	best, bestLen := "unknown", -1
+	for line := range strings.SplitSeq(mounts, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		mp := strings.ReplaceAll(f[1], `\040`, " ")
+		if path != mp && !strings.HasPrefix(path, strings.TrimSuffix(mp, "/")+"/") {
+			continue
+		}
+		if len(mp) > bestLen {
+			best, bestLen = fmt.Sprintf("%s (%s on %s)", f[2], f[0], mp), len(mp)
+		}
+	}
+	return best
+}
+
 func loadAvg() string {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
@@ -620,6 +809,15 @@ func dpkgVersion(pkg string) string {
 	return string(out)
 }
 
+// staveRev names the stave build in the report: -stave-rev, or this
+// tree's revision.
+func (b *bench) staveRev() string {
+	if b.cfg.staveRev != "" {
+		return "stave " + b.cfg.staveRev
+	}
+	return gitRevision()
+}
+
 // gitRevision names the tree the stave binary was built from.
 func gitRevision() string {
 	out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
@@ -630,5 +828,5 @@ func gitRevision() string {
 	if exec.Command("git", "diff", "--quiet", "HEAD").Run() != nil {
 		rev += "+dirty"
 	}
-	return "stave " + rev + ", file-backed volume"
+	return "stave " + rev
 }

@@ -15,6 +15,9 @@ import (
 const (
 	beginMarker = "<!-- bench:begin -->"
 	endMarker   = "<!-- bench:end -->"
+	// The layouts mode's section (make bench-pool).
+	poolBeginMarker = "<!-- bench-pool:begin -->"
+	poolEndMarker   = "<!-- bench-pool:end -->"
 )
 
 // gib is the unit of the CPU cost figures.
@@ -28,6 +31,8 @@ type Sample struct {
 	IOPS   float64 // completed I/Os per second
 	Bytes  float64 // bytes moved
 	CPU    float64 // CPU seconds (user+system) the target's daemon used during the run
+	P50    float64 `json:",omitempty"` // latency runs: median latency, µs
+	P99    float64 `json:",omitempty"` // latency runs: 99th percentile, µs
 	Err    string  // non-empty: the run failed and the figures are zero
 	// Stalled says the client was killed at its time limit.
 	Stalled bool `json:",omitempty"`
@@ -49,6 +54,7 @@ type Machine struct {
 	LoadAtStart  string // /proc/loadavg, first three fields
 	LoadAtEnd    string
 	ClientTools  string // versions of iscsi-perf and qemu-img
+	FS           string // filesystem of the work directory (backing files)
 	Go           string
 	Start, Until time.Time
 }
@@ -132,13 +138,8 @@ func rate(c Cell) func(Sample) float64 {
 	return func(s Sample) float64 { return s.IOPS * float64(c.BlockSize) / (1 << 20) }
 }
 
-// latencyMicros maps a QD1 sample to its mean latency, 1/IOPS.
-func latencyMicros(s Sample) float64 {
-	if s.IOPS <= 0 {
-		return math.Inf(1)
-	}
-	return 1e6 / s.IOPS
-}
+func p50(s Sample) float64 { return s.P50 }
+func p99(s Sample) float64 { return s.P99 }
 
 // num formats a figure compactly: 21.8k, 950, 12.5.
 func num(v float64) string {
@@ -209,6 +210,9 @@ func (r *Report) Markdown() string {
 	fmt.Fprintf(&b, "| date | %s – %s |\n", m.Start.UTC().Format("2006-01-02 15:04"), m.Until.UTC().Format("15:04 UTC"))
 	fmt.Fprintf(&b, "| machine | %d × %s, %s RAM, Linux %s |\n", m.CPUs, m.CPUModel, m.MemTotal, m.Kernel)
 	fmt.Fprintf(&b, "| load average (1, 5, 15 min) | %s at start, %s at end |\n", m.LoadAtStart, m.LoadAtEnd)
+	if m.FS != "" {
+		fmt.Fprintf(&b, "| backing files | %s |\n", m.FS)
+	}
 	for _, t := range r.Targets {
 		fmt.Fprintf(&b, "| %s | %s |\n", t.Title, t.Version)
 	}
@@ -219,50 +223,84 @@ func (r *Report) Markdown() string {
 		b.WriteString("No target was measured.\n")
 		return b.String()
 	}
-	// The table compares the first target with the second (Stave, tgt).
-	a, c := r.Targets[0], r.Targets[len(r.Targets)-1]
-	pair := len(r.Targets) > 1
-	b.WriteString("| workload | ")
-	if pair {
-		fmt.Fprintf(&b, "%s median (min–max) | %s median (min–max) | %s/%s | %s CPU s/GiB | %s CPU s/GiB |\n",
-			a.Title, c.Title, a.Title, c.Title, a.Title, c.Title)
-		b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: |\n")
-	} else {
-		fmt.Fprintf(&b, "%s median (min–max) | %s CPU s/GiB |\n", a.Title, a.Title)
-		b.WriteString("| --- | ---: | ---: |\n")
-	}
-	row := func(title string, sa, sc Stats, cpu bool) {
-		ca, cc := "–", "–"
-		if cpu {
-			ca, cc = cpuText(sa), cpuText(sc)
-		}
-		if pair {
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", title, cellText(sa), cellText(sc), ratio(sa, sc), ca, cc)
-		} else {
-			fmt.Fprintf(&b, "| %s | %s | %s |\n", title, cellText(sa), ca)
+	// Ratios are against the baseline: tgt if measured, else the last.
+	base := r.Targets[len(r.Targets)-1]
+	for _, t := range r.Targets {
+		if t.Key == "tgt" {
+			base = t
 		}
 	}
+	var others []TargetInfo
+	for _, t := range r.Targets {
+		if t.Key != base.Key {
+			others = append(others, t)
+		}
+	}
+	b.WriteString("| workload |")
+	for _, t := range r.Targets {
+		fmt.Fprintf(&b, " %s median (min–max) |", t.Title)
+	}
+	for _, t := range others {
+		fmt.Fprintf(&b, " %s / %s |", t.Title, base.Title)
+	}
+	for _, t := range r.Targets {
+		fmt.Fprintf(&b, " %s CPU s/GiB |", t.Title)
+	}
+	b.WriteString("\n| --- |" + strings.Repeat(" ---: |", 2*len(r.Targets)+len(others)) + "\n")
+	var latCells []Cell
 	for _, cell := range r.Cells {
+		if cell.Tool == ToolLatency {
+			latCells = append(latCells, cell)
+			continue
+		}
 		unit := "MiB/s"
 		if cell.IOPS {
 			unit = "IOPS"
 		}
 		f := rate(cell)
-		row(fmt.Sprintf("%s (%s)", cell.Title, unit), r.series(a.Key, cell.Name, f), r.series(c.Key, cell.Name, f), true)
-	}
-	for _, cell := range r.Cells {
-		if cell.Latency != "" {
-			row(cell.Latency+", lower is better", r.series(a.Key, cell.Name, latencyMicros), r.series(c.Key, cell.Name, latencyMicros), false)
+		fmt.Fprintf(&b, "| %s (%s) |", cell.Title, unit)
+		for _, t := range r.Targets {
+			fmt.Fprintf(&b, " %s |", cellText(r.series(t.Key, cell.Name, f)))
 		}
+		bs := r.series(base.Key, cell.Name, f)
+		for _, t := range others {
+			fmt.Fprintf(&b, " %s |", ratio(r.series(t.Key, cell.Name, f), bs))
+		}
+		for _, t := range r.Targets {
+			fmt.Fprintf(&b, " %s |", cpuText(r.series(t.Key, cell.Name, f)))
+		}
+		b.WriteString("\n")
 	}
 	b.WriteString("\n")
 	b.WriteString("CPU s/GiB: user+system CPU seconds of the target daemon (/proc/PID/stat, whole run including " +
 		"login and, for writes, the flush at close) per GiB moved; median of the runs.")
-	if pair {
-		fmt.Fprintf(&b, " %s/%s is the ratio of the medians: above 1 %s is faster, except for latency.",
-			a.Title, c.Title, a.Title)
+	if len(others) > 0 {
+		fmt.Fprintf(&b, " X / %s is the ratio of the medians: above 1 X is faster.", base.Title)
 	}
 	b.WriteString("\n")
+	if goal := r.poolGoal(base); goal != "" {
+		b.WriteString("\n" + goal + "\n")
+	}
+	if len(latCells) > 0 {
+		b.WriteString("\nQD1 latency, from this program's own initiator (tools/bench/initiator.go): one 4 KiB I/O at a " +
+			"time at random 4 KiB-aligned offsets, each timed from sending its command to its status; " +
+			"p50 and p99 of each run, median (min–max) over the runs. Lower is better; X / " + base.Title +
+			" below 1 means X is faster.\n\n")
+		fmt.Fprintf(&b, "| workload | target | p50 µs | p99 µs | IOPS | p50 / %s | p99 / %s |\n", base.Title, base.Title)
+		b.WriteString("| --- | --- | ---: | ---: | ---: | ---: | ---: |\n")
+		for _, cell := range latCells {
+			b50, b99 := r.series(base.Key, cell.Name, p50), r.series(base.Key, cell.Name, p99)
+			for _, t := range r.Targets {
+				s50, s99 := r.series(t.Key, cell.Name, p50), r.series(t.Key, cell.Name, p99)
+				r50, r99 := ratio(s50, b50), ratio(s99, b99)
+				if t.Key == base.Key {
+					r50, r99 = "", ""
+				}
+				fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", cell.Title, t.Title, cellText(s50), cellText(s99),
+					num(r.series(t.Key, cell.Name, rate(cell)).Median), r50, r99)
+			}
+		}
+	}
 	var notes []string
 	for _, t := range r.Targets {
 		if t.Failed != "" {
@@ -277,6 +315,44 @@ func (r *Report) Markdown() string {
 		}
 	}
 	return b.String()
+}
+
+// poolGoal states issue 7's goal, pool ≥ 1.0× tgt at 4 KiB QD32 read and
+// write, when both were measured; "" otherwise.
+func (r *Report) poolGoal(base TargetInfo) string {
+	if base.Key != "tgt" {
+		return ""
+	}
+	var pool *TargetInfo
+	for i := range r.Targets {
+		if r.Targets[i].Key == "pool" {
+			pool = &r.Targets[i]
+		}
+	}
+	if pool == nil {
+		return ""
+	}
+	var parts []string
+	for _, c := range []struct{ name, what string }{{"randread-4k-qd32", "read"}, {"randwrite-4k-qd32", "write"}} {
+		cs, err := selectCells(c.name)
+		if err != nil || !slices.ContainsFunc(r.Cells, func(x Cell) bool { return x.Name == c.name }) {
+			continue
+		}
+		f := rate(cs[0])
+		p, t := r.series(pool.Key, c.name, f), r.series(base.Key, c.name, f)
+		verdict := "not measured"
+		if p.N > 0 && t.N > 0 && t.Median > 0 {
+			verdict = "not met"
+			if p.Median >= t.Median {
+				verdict = "met"
+			}
+		}
+		parts = append(parts, fmt.Sprintf("%s %s× (%s)", c.what, ratio(p, t), verdict))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("Issue 7 goal, %s ≥ 1.0× %s at 4 KiB QD32: %s.", pool.Title, base.Title, strings.Join(parts, ", "))
 }
 
 // sizeText renders a byte count in the largest binary unit that divides it.
@@ -299,11 +375,16 @@ const defaultIntro = "# Benchmarks: Stave and tgt\n\n" +
 // replaceSection returns doc with the text between the markers replaced by
 // section; without markers, it appends them with the section.
 func replaceSection(doc, section string) string {
-	gen := beginMarker + "\n" + strings.TrimRight(section, "\n") + "\n" + endMarker
-	i := strings.Index(doc, beginMarker)
-	j := strings.Index(doc, endMarker)
+	return replaceSectionMarkers(doc, section, beginMarker, endMarker)
+}
+
+// replaceSectionMarkers is replaceSection with the given markers.
+func replaceSectionMarkers(doc, section, begin, end string) string {
+	gen := begin + "\n" + strings.TrimRight(section, "\n") + "\n" + end
+	i := strings.Index(doc, begin)
+	j := strings.Index(doc, end)
 	if i >= 0 && j > i {
-		return doc[:i] + gen + doc[j+len(endMarker):]
+		return doc[:i] + gen + doc[j+len(end):]
 	}
 	if doc != "" && !strings.HasSuffix(doc, "\n\n") {
 		doc = strings.TrimRight(doc, "\n") + "\n\n"
@@ -313,6 +394,11 @@ func replaceSection(doc, section string) string {
 
 // writeSection rewrites the generated section of the markdown file at path.
 func writeSection(path, section string) error {
+	return writeSectionMarkers(path, section, beginMarker, endMarker)
+}
+
+// writeSectionMarkers rewrites the section between begin and end.
+func writeSectionMarkers(path, section, begin, end string) error {
 	old, err := os.ReadFile(path)
 	doc := string(old)
 	if errors.Is(err, os.ErrNotExist) {
@@ -320,7 +406,7 @@ func writeSection(path, section string) error {
 	} else if err != nil {
 		return err
 	}
-	out := replaceSection(doc, section)
+	out := replaceSectionMarkers(doc, section, begin, end)
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, []byte(out), 0o644); err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,10 +20,8 @@ import (
 // Target is one iSCSI target under test: a daemon this program starts and
 // stops, serving one logical unit backed by a file of the benchmark size.
 type Target interface {
-	// Key is the target's name in flags and logs ("stave", "tgt").
+	// Key is the target's name in flags and logs ("stave", "pool", "tgt").
 	Key() string
-	// Title is the target's name in the report.
-	Title() string
 	// Start starts the daemon and creates the logical unit; it returns
 	// once the LU answers READ CAPACITY.
 	Start(ctx context.Context) error
@@ -30,8 +29,12 @@ type Target interface {
 	URL() string
 	// PID is the daemon's process id, for its CPU time.
 	PID() int
-	// BackingFile is the file that holds the LU's blocks.
-	BackingFile() string
+	// BackingFiles are the files that hold the LU's blocks (the pool's
+	// devices for a pool volume).
+	BackingFiles() []string
+	// Fillable reports whether the LU's content is its backing file's, so
+	// that the file may be filled directly (not a pool's devices).
+	Fillable() bool
 	// Exited reports whether the daemon has exited, and how.
 	Exited() (bool, error)
 	// Stop stops the daemon; it is safe to call more than once and after
@@ -194,8 +197,10 @@ func waitLU(ctx context.Context, url, initiator string, d time.Duration, alive f
 	return Geometry{}, fmt.Errorf("%s not reachable after %v: %v", url, d, last)
 }
 
-// staveTarget runs `stave serve` with one volume.
+// staveTarget runs `stave serve` with one volume: a file volume, or with
+// pool set, a pool volume on a new pool of pool.devices files.
 type staveTarget struct {
+	key       string
 	bin       string
 	dir       string // data dir
 	port      int
@@ -203,21 +208,49 @@ type staveTarget struct {
 	volume    string
 	initiator string
 	nice      int
+	pool      *poolSpec // nil: a file volume
 	d         *daemon
 }
 
-func (s *staveTarget) Key() string   { return "stave" }
-func (s *staveTarget) Title() string { return "Stave" }
-func (s *staveTarget) iqn() string   { return "iqn.2026-11.dev.stave:" + s.volume }
+// poolSpec is the pool under a pool-backed Stave target.
+type poolSpec struct {
+	Devices []string // device files, created by Start with DevSize bytes
+	DevSize int64
+	Policy  string // "k+m"
+	// KeepFiles keeps device files that already have DevSize bytes (the
+	// layouts mode's, written by fio) instead of creating them anew.
+	KeepFiles bool
+}
+
+func (s *staveTarget) Key() string { return s.key }
+func (s *staveTarget) iqn() string { return "iqn.2026-11.dev.stave:" + s.volume }
 func (s *staveTarget) URL() string {
 	return fmt.Sprintf("iscsi://127.0.0.1:%d/%s/0", s.port, s.iqn())
 }
 func (s *staveTarget) api() string { return "unix:" + filepath.Join(s.dir, "api.sock") }
 func (s *staveTarget) logPath() string {
-	return filepath.Join(filepath.Dir(s.dir), "stave-serve.log")
+	return filepath.Join(filepath.Dir(s.dir), s.key+"-serve.log")
 }
-func (s *staveTarget) BackingFile() string {
-	return filepath.Join(s.dir, "volumes", s.volume, "data")
+func (s *staveTarget) BackingFiles() []string {
+	if s.pool != nil {
+		// The devices, and the index's tables, which the pool also reads
+		// through the page cache.
+		ssts, _ := filepath.Glob(filepath.Join(s.dir, "pool", "index", "*.sst"))
+		return append(slices.Clone(s.pool.Devices), ssts...)
+	}
+	return []string{filepath.Join(s.dir, "volumes", s.volume, "data")}
+}
+func (s *staveTarget) Fillable() bool { return s.pool == nil }
+
+// cli runs a stave client verb against the daemon.
+func (s *staveTarget) cli(ctx context.Context, args ...string) error {
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(cctx, s.bin, append([]string{"--api", s.api()}, args...)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("stave %s: %w: %s", strings.Join(args, " "), err, lastLine(string(out)))
+	}
+	return nil
 }
 func (s *staveTarget) PID() int              { return s.d.cmd.Process.Pid }
 func (s *staveTarget) Exited() (bool, error) { return s.d.exited() }
@@ -246,30 +279,45 @@ func (s *staveTarget) Start(ctx context.Context) error {
 		}
 		return nil
 	}
-	var last string
-	created := false
+	up := false
 	for range 75 {
 		if err := alive(); err != nil {
 			return err
 		}
 		if _, err := os.Stat(filepath.Join(s.dir, "api.sock")); err == nil {
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			out, err := exec.CommandContext(cctx, s.bin, "--api", s.api(), "volume", "create", s.volume,
-				"--size", strconv.FormatInt(s.size, 10)).CombinedOutput()
-			cancel()
-			if err == nil {
-				created = true
+			if s.cli(ctx, "volume", "list") == nil {
+				up = true
 				break
 			}
-			last = lastLine(string(out))
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if !created {
-		return fmt.Errorf("stave volume create %s failed: %s", s.volume, last)
+	if !up {
+		return fmt.Errorf("stave serve did not answer on %s: %s", s.api(), tail(s.logPath(), 5))
+	}
+	create := []string{"volume", "create", s.volume, "--size", strconv.FormatInt(s.size, 10)}
+	if s.pool != nil {
+		args := []string{"pool", "create"}
+		for _, dev := range s.pool.Devices {
+			if st, err := os.Stat(dev); s.pool.KeepFiles && err == nil && st.Size() == s.pool.DevSize {
+				args = append(args, "--device", dev)
+				continue
+			}
+			if err := createFile(dev, s.pool.DevSize); err != nil {
+				return err
+			}
+			args = append(args, "--device", dev)
+		}
+		if err := s.cli(ctx, args...); err != nil {
+			return err
+		}
+		create = append(create, "--policy", s.pool.Policy)
+	}
+	if err := s.cli(ctx, create...); err != nil {
+		return err
 	}
 	g, err := waitLU(ctx, s.URL(), s.initiator, 15*time.Second, alive)
 	if err != nil {
@@ -297,14 +345,15 @@ type tgtTarget struct {
 	made      bool // the target exists in tgtd
 }
 
-func (t *tgtTarget) Key() string           { return "tgt" }
-func (t *tgtTarget) Title() string         { return "tgt" }
-func (t *tgtTarget) iqn() string           { return "iqn.2026-11.dev.stave.bench:tgt" }
-func (t *tgtTarget) URL() string           { return fmt.Sprintf("iscsi://127.0.0.1:%d/%s/1", t.port, t.iqn()) }
-func (t *tgtTarget) BackingFile() string   { return filepath.Join(t.dir, "tgt.img") }
-func (t *tgtTarget) PID() int              { return t.d.cmd.Process.Pid }
-func (t *tgtTarget) Exited() (bool, error) { return t.d.exited() }
-func (t *tgtTarget) logPath() string       { return filepath.Join(t.dir, "tgtd.log") }
+func (t *tgtTarget) Key() string            { return "tgt" }
+func (t *tgtTarget) iqn() string            { return "iqn.2026-11.dev.stave.bench:tgt" }
+func (t *tgtTarget) URL() string            { return fmt.Sprintf("iscsi://127.0.0.1:%d/%s/1", t.port, t.iqn()) }
+func (t *tgtTarget) BackingFile() string    { return filepath.Join(t.dir, "tgt.img") }
+func (t *tgtTarget) BackingFiles() []string { return []string{t.BackingFile()} }
+func (t *tgtTarget) Fillable() bool         { return true }
+func (t *tgtTarget) PID() int               { return t.d.cmd.Process.Pid }
+func (t *tgtTarget) Exited() (bool, error)  { return t.d.exited() }
+func (t *tgtTarget) logPath() string        { return filepath.Join(t.dir, "tgtd.log") }
 
 // adm runs tgtadm against this tgtd.
 func (t *tgtTarget) adm(args ...string) error {
@@ -433,22 +482,52 @@ func fillFile(path string) error {
 	return f.Close()
 }
 
+// Whence values of lseek(2) on Linux that skip holes.
+const (
+	seekData = 3 // SEEK_DATA
+	seekHole = 4 // SEEK_HOLE
+)
+
 // warmFile reads path through, so that its pages are in the page cache
-// (the machine reclaims idle page cache within about 30 s).
+// (the machine reclaims idle page cache within about 30 s). It reads only
+// the allocated extents (SEEK_DATA/SEEK_HOLE): a pool's device files are
+// mostly holes.
 func warmFile(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	buf := make([]byte, 1<<20)
-	for {
-		_, err := f.Read(buf)
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 4<<20)
+	for off := int64(0); off < st.Size(); {
+		start, err := f.Seek(off, seekData)
 		if err != nil {
-			if errors.Is(err, io.EOF) {
+			// ENXIO: no data after off. Filesystems without SEEK_DATA
+			// fail differently; then read everything.
+			if errors.Is(err, syscall.ENXIO) {
 				return nil
 			}
-			return err
+			start = off
 		}
+		end, err := f.Seek(start, seekHole)
+		if err != nil {
+			end = st.Size()
+		}
+		for p := start; p < end; {
+			n, err := f.ReadAt(buf[:min(int64(len(buf)), end-p)], p)
+			p += int64(n)
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
+			}
+		}
+		off = end
 	}
+	return nil
 }

@@ -22,6 +22,9 @@ const (
 	ToolPerf Tool = iota
 	// ToolQemuImg is `qemu-img bench -w` (writes; count-bound runs).
 	ToolQemuImg
+	// ToolLatency is this program's own initiator (initiator.go): one I/O
+	// at a time, each timed, for percentiles; time-bound runs.
+	ToolLatency
 )
 
 // String returns the program name of t.
@@ -31,6 +34,8 @@ func (t Tool) String() string {
 		return "iscsi-perf"
 	case ToolQemuImg:
 		return "qemu-img bench"
+	case ToolLatency:
+		return "latency client"
 	}
 	return fmt.Sprintf("Tool(%d)", uint8(t))
 }
@@ -45,9 +50,6 @@ type Cell struct {
 	Random    bool // random (reads) or strided (writes) offsets
 	Write     bool
 	IOPS      bool // report IOPS (small blocks) rather than MiB/s
-	// Latency, when set, is the title of an extra row that reports the
-	// cell's mean latency, 1/IOPS (meaningful at QD1 only).
-	Latency string
 }
 
 // strideBlocks is the step, in 4 KiB blocks, of the "random" writes:
@@ -64,15 +66,15 @@ const fillPattern = 0xa5
 // defaultCells returns the benchmark matrix, in run order.
 func defaultCells() []Cell {
 	return []Cell{
-		{Name: "randread-4k-qd1", Title: "4 KiB random read, QD1", Tool: ToolPerf, BlockSize: 4096, Depth: 1, Random: true, IOPS: true,
-			Latency: "4 KiB random read latency, QD1 (µs, 1/IOPS)"},
+		{Name: "randread-4k-qd1", Title: "4 KiB random read, QD1", Tool: ToolPerf, BlockSize: 4096, Depth: 1, Random: true, IOPS: true},
 		{Name: "randread-4k-qd32", Title: "4 KiB random read, QD32", Tool: ToolPerf, BlockSize: 4096, Depth: 32, Random: true, IOPS: true},
 		{Name: "seqread-128k-qd8", Title: "128 KiB sequential read, QD8", Tool: ToolPerf, BlockSize: 128 << 10, Depth: 8},
 		{Name: "seqread-1m-qd8", Title: "1 MiB sequential read, QD8", Tool: ToolPerf, BlockSize: 1 << 20, Depth: 8},
 		{Name: "randwrite-4k-qd32", Title: "4 KiB random (strided) write, QD32", Tool: ToolQemuImg, BlockSize: 4096, Depth: 32, Random: true, Write: true, IOPS: true},
-		{Name: "randwrite-4k-qd1", Title: "4 KiB random (strided) write, QD1", Tool: ToolQemuImg, BlockSize: 4096, Depth: 1, Random: true, Write: true, IOPS: true,
-			Latency: "4 KiB write latency, QD1 (µs, 1/IOPS)"},
+		{Name: "randwrite-4k-qd1", Title: "4 KiB random (strided) write, QD1", Tool: ToolQemuImg, BlockSize: 4096, Depth: 1, Random: true, Write: true, IOPS: true},
 		{Name: "seqwrite-1m-qd8", Title: "1 MiB sequential write, QD8", Tool: ToolQemuImg, BlockSize: 1 << 20, Depth: 8, Write: true},
+		{Name: "lat-read-4k", Title: "4 KiB random read, QD1", Tool: ToolLatency, BlockSize: 4096, Depth: 1, Random: true, IOPS: true},
+		{Name: "lat-write-4k", Title: "4 KiB random write, QD1", Tool: ToolLatency, BlockSize: 4096, Depth: 1, Random: true, Write: true, IOPS: true},
 	}
 }
 
@@ -81,6 +83,7 @@ type Result struct {
 	Ops     float64       // I/Os completed
 	Elapsed time.Duration // measured by the client, excluding login and the final flush
 	Output  string        // the client's output, for the log
+	Lat     Latencies     // ToolLatency runs only
 }
 
 // IOPS returns the completed I/Os per second.
