@@ -73,7 +73,6 @@ func newMetrics(reg prometheus.Registerer, p *Pool) *metrics {
 	m.readBytes = c("read_bytes_total", "Bytes read by volumes.")
 	m.writeBytes = c("write_bytes_total", "Bytes written by volumes.")
 	m.segmentsFreed = c("gc_segments_freed_total", "Segments freed by the cleaner.")
-	m.segmentsFreed = c("gc_segments_freed_total", "Segments freed by the cleaner.")
 	m.batchBlocks = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "stave", Subsystem: "pool",
 		Name: "batch_blocks", Help: "Data blocks per batch (group commit size).",
 		Buckets: prometheus.ExponentialBuckets(1, 2, 10)})

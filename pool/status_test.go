@@ -52,3 +52,24 @@ func TestMetricsAndStatus(t *testing.T) {
 	// Close unregisters, so the pool can be reopened with the same registry.
 	tp.reopen(t)
 }
+
+// strictRegisterer fails the test on any registration error.
+type strictRegisterer struct {
+	*prometheus.Registry
+	t *testing.T
+}
+
+func (r strictRegisterer) Register(c prometheus.Collector) error {
+	if err := r.Registry.Register(c); err != nil {
+		r.t.Errorf("Register: %v", err)
+		return err
+	}
+	return nil
+}
+
+func TestMetricsRegisterOnce(t *testing.T) {
+	tp := newTestPool(t, 1, testDevSize)
+	tp.p.Close()
+	tp.opts.Registerer = strictRegisterer{prometheus.NewPedanticRegistry(), t}
+	tp.open(t)
+}
