@@ -63,12 +63,17 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		HideVersion:          true,
 		Writer:               stdout,
 		ErrWriter:            stderr,
-		EnableBashCompletion: false,
+		EnableBashCompletion: true, // `stave completion bash` prints the script (k8s.go)
 		// Errors are printed once, by run; never exit from inside cli.
 		ExitErrHandler: func(*cli.Context, error) {},
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "api", Value: "unix:" + defaultDataDir + "/" + socketName, EnvVars: []string{apiEnv},
-				Usage: "admin API address `unix:PATH`"},
+				Usage: "admin API `ADDRESS`: unix:PATH, unix:///PATH, a socket path, or http(s)://HOST:PORT (the daemon's http.listen)"},
+			&cli.StringFlag{Name: "api-token-file", EnvVars: []string{"STAVE_API_TOKEN_FILE"},
+				Usage: "`FILE` holding the bearer token of a TCP --api (the daemon's http.token_file)"},
+			&cli.StringFlag{Name: "api-cert", EnvVars: []string{"STAVE_API_CERT"}, Usage: "client certificate `FILE` (PEM) for an https --api with mutual TLS"},
+			&cli.StringFlag{Name: "api-key", EnvVars: []string{"STAVE_API_KEY"}, Usage: "key `FILE` (PEM) of --api-cert"},
+			&cli.StringFlag{Name: "api-ca", EnvVars: []string{"STAVE_API_CA"}, Usage: "CA `FILE` (PEM) that signed the daemon's certificate (default: system roots)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "output format: table or json"},
 		},
 		Commands: []*cli.Command{
@@ -99,10 +104,17 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 						ArgsUsage: "VOLUME SNAPSHOT NEWVOLUME (or VOLUME@SNAPSHOT NEWVOLUME)", Action: volumeClone},
 					{Name: "revert", Usage: "set a pool volume back to a snapshot; refused while initiators are logged in to it",
 						ArgsUsage: "VOLUME SNAPSHOT (or VOLUME@SNAPSHOT)", Action: volumeRevert},
+					{Name: "resize", Usage: "grow a volume online; initiators see CAPACITY DATA HAS CHANGED (then rescan and grow the file system)",
+						ArgsUsage: "NAME", Flags: []cli.Flag{
+							&cli.StringFlag{Name: "size", Usage: "new, larger `SIZE`, e.g. 2GiB; units " + acceptedUnits, Required: true},
+						}, Action: volumeResize},
 				},
 			},
 			snapshotCommand(),
 			poolCommand(),
+			nodeCommand(),
+			k8sCommand(),
+			completionCommand(),
 			{
 				Name:  "session",
 				Usage: "inspect iSCSI sessions",
@@ -119,9 +131,11 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	}
 }
 
-// client returns an API client for the global --api flag.
+// client returns an API client for the global --api flag and its
+// credentials (--api-token-file, --api-cert, --api-key, --api-ca).
 func client(c *cli.Context) (*adminapi.Client, error) {
-	return adminapi.NewClient(c.String("api"))
+	return adminapi.NewClientWith(c.String("api"), adminapi.ClientOptions{TokenFile: c.String("api-token-file"),
+		Cert: c.String("api-cert"), Key: c.String("api-key"), CA: c.String("api-ca")})
 }
 
 // withAPI is the common preamble of the client verbs: it validates
@@ -261,7 +275,10 @@ func volumeList(c *cli.Context) error {
 	fmt.Fprintln(tw, "NAME\tSIZE\tUSED\tBLOCK\tBACKEND\tSESSIONS\tTARGET")
 	for _, v := range vs {
 		tgt := v.Target
-		if !v.Exported {
+		switch {
+		case v.Remote:
+			tgt += " (served by node " + v.Node + ")"
+		case !v.Exported:
 			tgt += " (not exported: see the daemon log)"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\n", v.Name, formatSize(v.Size), formatSize(v.Allocated), v.BlockSize,
@@ -349,6 +366,29 @@ func volumeDelete(c *cli.Context) error {
 			return writeJSON(c.App.Writer, map[string]string{"deleted": name})
 		}
 		fmt.Fprintf(c.App.Writer, "deleted volume %s\n", name)
+		return nil
+	})
+}
+
+func volumeResize(c *cli.Context) error {
+	name, err := oneArg(c, "volume NAME")
+	if err != nil {
+		return err
+	}
+	size, err := parseSize(c.String("size"))
+	if err != nil {
+		return fmt.Errorf("--size: %w", err)
+	}
+	return withAPI(c, func(ctx context.Context, cl *adminapi.Client, o string) error {
+		v, err := cl.ResizeVolume(ctx, name, size)
+		if err != nil {
+			return err
+		}
+		if o == "json" {
+			return writeJSON(c.App.Writer, v)
+		}
+		fmt.Fprintf(c.App.Writer, "resized volume %s to %s (%d bytes); on the host: rescan (iscsiadm -m session -R), then grow the file system\n",
+			v.Name, formatSize(v.Size), v.Size)
 		return nil
 	})
 }

@@ -23,7 +23,8 @@ import (
 //
 // Everything after "--" is left alone.
 func reorderArgs(app *cli.App, args []string) []string {
-	if len(args) < 2 {
+	// Shell completion (urfave/cli looks for its flag at the very end).
+	if len(args) < 2 || args[len(args)-1] == "--generate-bash-completion" {
 		return args
 	}
 	out := []string{args[0]}

@@ -146,7 +146,9 @@ func TestServeConfigErrors(t *testing.T) {
 		{"unknown key", []string{"--config", file}, file + `:2: unknown key "portls"`},
 		{"missing explicit file", []string{"--config", filepath.Join(dir, "nope.yaml")}, "no such file"},
 		{"http listener", []string{"--config", "/dev/null", "--data-dir", dir,
-			"--http-listen", "127.0.0.1:8080", "--http-token-file", "/x"}, "not implemented yet"},
+			"--http-listen", "127.0.0.1:0", "--http-token-file", filepath.Join(dir, "no-token")}, "token file: stat"},
+		{"http listener without auth", []string{"--config", "/dev/null", "--data-dir", dir,
+			"--http-listen", "127.0.0.1:0"}, "http.token_file: is empty while http.listen is set"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -2,14 +2,15 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 
+	"stave.dev/stave/cluster"
 	"stave.dev/stave/internal/adminapi"
 	"stave.dev/stave/internal/filedev"
 	"stave.dev/stave/internal/logkey"
@@ -20,15 +21,13 @@ import (
 	"stave.dev/stave/target/scsi/pr"
 )
 
-// errExported means a volume is exported already.
-var errExported = errors.New("stave: volume already exported")
-
 // exported is one volume being served.
 type exported struct {
 	spec   *volume.Spec
 	dev    scsi.BlockDevice
 	close  func() error // releases dev; nil for pool volumes, which the pool owns
-	target *iscsi.Target
+	lu     *scsi.LU
+	target *iscsi.Target // replaced (not changed) when the ACL or CHAP change
 }
 
 // release closes the backing file of a file volume.
@@ -40,12 +39,25 @@ func (x *exported) release() error {
 }
 
 // exporter turns catalogue volumes into iSCSI targets. It is the server's
-// iscsi.TargetSource and the admin API's adminapi.Targets, and is safe for
-// concurrent use.
+// iscsi.TargetSource and the admin API's adminapi.Targets, and runs the
+// reconcile loop (reconcile.go) that makes what is exported follow the
+// catalogue in etcd. It is safe for concurrent use.
+//
+// Export, Unexport, Resize and the reconcile pass serialise on opMu, so
+// an API request and the loop never open or close one volume twice.
 type exporter struct {
 	log  *slog.Logger
 	cat  *volume.Catalog
 	pool *poolHost
+	cl   *cluster.Cluster // reservations and status; nil in tests without etcd
+	node string           // this node's ID
+	kick chan struct{}    // asks the reconcile loop for a pass; capacity 1
+
+	opMu sync.Mutex
+	// Owned by opMu holders.
+	held   map[string]bool         // unexported by the API (delete, revert): the loop leaves them down
+	failed map[string]string       // last export error per volume, to log each once
+	status map[string]volumeStatus // last status written per volume
 
 	mu struct {
 		sync.RWMutex
@@ -61,8 +73,9 @@ var (
 	_ adminapi.Targets        = (*exporter)(nil)
 )
 
-func newExporter(log *slog.Logger, cat *volume.Catalog, ph *poolHost) *exporter {
-	e := &exporter{log: log, cat: cat, pool: ph}
+func newExporter(log *slog.Logger, cat *volume.Catalog, ph *poolHost, cl *cluster.Cluster, node string) *exporter {
+	e := &exporter{log: log, cat: cat, pool: ph, cl: cl, node: node, kick: make(chan struct{}, 1),
+		held: make(map[string]bool), failed: make(map[string]string), status: make(map[string]volumeStatus)}
 	e.mu.byIQ = make(map[string]*exported)
 	return e
 }
@@ -75,17 +88,36 @@ func (e *exporter) setServer(s *iscsi.Server) {
 
 // Export opens the volume's storage (its backing file, or its pool
 // volume) and logical unit and makes its target visible to logins and
-// SendTargets.
+// SendTargets. A volume exported already with the same identity is
+// brought up to date with s instead (the reconcile loop may have been
+// first). Export ends the volume's Pending state and lifts an Unexport's
+// hold.
 func (e *exporter) Export(ctx context.Context, s *volume.Spec) error {
+	defer e.cat.Settle(s.Name)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	e.opMu.Lock()
+	defer e.opMu.Unlock()
+	delete(e.held, s.Name)
+	err := e.exportLocked(ctx, s)
+	e.poke()
+	return err
+}
+
+// exportLocked is Export.
+// REQUIRES: e.opMu held.
+func (e *exporter) exportLocked(ctx context.Context, s *volume.Spec) error {
 	iqn := s.TargetName()
 	e.mu.RLock()
-	_, dup := e.mu.byIQ[iqn]
+	cur := e.mu.byIQ[iqn]
 	e.mu.RUnlock()
-	if dup {
-		return fmt.Errorf("%w: %s", errExported, s.Name)
+	if cur != nil {
+		if cur.spec.UUID == s.UUID {
+			return e.updateLocked(ctx, cur, s)
+		}
+		// Another volume of the same name (deleted and created again).
+		e.unexportLocked(s.Name)
 	}
 	naa, err := s.NAAID()
 	if err != nil {
@@ -109,11 +141,30 @@ func (e *exporter) Export(ctx context.Context, s *volume.Spec) error {
 		}
 		x.dev, x.close = fd, fd.Close
 	}
-	if x.dev.Size() != s.Size {
+	// A resize whose catalogue write landed before a crash grows the
+	// backing store now; if that fails the volume is served at its old
+	// size and the error returned (the reconcile loop retries). A store
+	// larger than the spec is an error.
+	if x.dev.Size() > s.Size {
 		_ = x.release()
 		return fmt.Errorf("stave: volume %s: backing store is %d bytes, spec says %d", s.Name, x.dev.Size(), s.Size)
 	}
+	var growErr error
+	if x.dev.Size() < s.Size {
+		if growErr = e.grow(ctx, x, s.Size); growErr != nil {
+			e.log.Error("volume served at its old size: growing it failed", logkey.Volume, s.Name,
+				logkey.Size, x.dev.Size(), logkey.Err, growErr)
+		}
+	}
 	log := e.log.With(logkey.Volume, s.Name)
+	var rs pr.Store = pr.FileStore{Path: e.cat.PRPath(s.Name)}
+	if e.cl != nil {
+		if err := e.cl.MigrateReservations(ctx, s.Name, e.cat.PRPath(s.Name)); err != nil {
+			_ = x.release()
+			return fmt.Errorf("stave: volume %s: moving its reservations into etcd: %w", s.Name, err)
+		}
+		rs = e.cl.Reservations(s.Name)
+	}
 	lu, err := scsi.NewLU(scsi.LUConfig{
 		Logger:            log,
 		Device:            x.dev,
@@ -122,36 +173,147 @@ func (e *exporter) Export(ctx context.Context, s *volume.Spec) error {
 		Name:              s.Name,
 		Serial:            s.Serial,
 		NAA:               naa,
-		Reservations:      pr.FileStore{Path: e.cat.PRPath(s.Name)},
+		Reservations:      rs,
 	})
 	if err != nil {
 		_ = x.release()
 		return err
 	}
+	x.lu = lu
 	tgt := scsi.NewTarget(scsi.TargetConfig{Logger: log, LUNs: map[uint64]*scsi.LU{0: lu}})
-	it := &iscsi.Target{Name: iqn, Alias: s.Name, ACL: slices.Clone(s.ACL), Device: tgt}
+	x.target = newTarget(s, tgt)
+	e.mu.Lock()
+	e.mu.byIQ[iqn] = x
+	e.mu.Unlock()
+	log.Info("volume exported", logkey.Target, iqn, logkey.Size, x.dev.Size())
+	return growErr
+}
+
+// newTarget is the iSCSI target of a volume: its name, ACL and CHAP over
+// the SCSI target dev.
+func newTarget(s *volume.Spec, dev scsi.Device) *iscsi.Target {
+	it := &iscsi.Target{Name: s.TargetName(), Alias: s.Name, ACL: slices.Clone(s.ACL), Device: dev}
 	if s.CHAP != nil {
 		it.Auth = &login.Auth{User: s.CHAP.User, Secret: s.CHAP.Secret,
 			MutualUser: s.CHAP.MutualUser, MutualSecret: s.CHAP.MutualSecret}
 	}
-	x.target = it
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if _, dup := e.mu.byIQ[iqn]; dup {
-		_ = x.release()
-		return fmt.Errorf("%w: %s", errExported, s.Name)
+	return it
+}
+
+// updateLocked applies a changed spec to an exported volume: a new ACL or
+// CHAP applies to the next login (sessions in progress stay), a larger
+// size grows the backing store and the LU, which reports CAPACITY DATA
+// HAS CHANGED.
+// REQUIRES: e.opMu held.
+func (e *exporter) updateLocked(ctx context.Context, x *exported, s *volume.Spec) error {
+	if !slices.Equal(x.spec.ACL, s.ACL) || !reflect.DeepEqual(x.spec.CHAP, s.CHAP) {
+		nt := newTarget(s, x.target.Device)
+		e.mu.Lock()
+		x.target = nt
+		e.mu.Unlock()
+		e.log.Info("volume access rules changed", logkey.Volume, s.Name, "acl", len(s.ACL), "chap", s.CHAP != nil)
 	}
-	e.mu.byIQ[iqn] = x
-	log.Info("volume exported", logkey.Target, iqn)
+	if s.Size > x.dev.Size() {
+		if err := e.grow(ctx, x, s.Size); err != nil {
+			return err
+		}
+	}
+	if x.lu != nil {
+		x.lu.Resize() // no-op unless the size changed
+	}
+	e.mu.Lock()
+	x.spec = s
+	e.mu.Unlock()
 	return nil
 }
 
+// poolResizer is the pool's online grow (pool helper's
+// (*pool.Pool).ResizeVolume). A pool without it cannot grow volumes.
+type poolResizer interface {
+	ResizeVolume(ctx context.Context, name string, size int64) error
+}
+
+// grow extends a volume's backing store to size bytes.
+func (e *exporter) grow(ctx context.Context, x *exported, size int64) error {
+	switch d := x.dev.(type) {
+	case *filedev.Device:
+		if err := d.Grow(size); err != nil {
+			return fmt.Errorf("stave: growing volume %s: %w", x.spec.Name, err)
+		}
+	default:
+		p, err := e.pool.get()
+		if err != nil {
+			return err
+		}
+		r, ok := any(p).(poolResizer)
+		if !ok {
+			return fmt.Errorf("%w: this build's pool cannot grow volumes yet (no pool.ResizeVolume): volume %q keeps %d bytes",
+				adminapi.ErrUnsupported, x.spec.Name, x.dev.Size())
+		}
+		if err := r.ResizeVolume(ctx, x.spec.Name, size); err != nil {
+			return poolErr(err, "")
+		}
+		if x.dev.Size() != size {
+			return fmt.Errorf("stave: volume %s: the pool reports %d bytes after growing it to %d", x.spec.Name, x.dev.Size(), size)
+		}
+	}
+	e.log.Info("volume grown", logkey.Volume, x.spec.Name, logkey.Size, size)
+	return nil
+}
+
+// CheckResize reports whether the volume's storage can grow here: a pool
+// volume needs a pool with online grow.
+func (e *exporter) CheckResize(s *volume.Spec) error {
+	if !s.InPool() {
+		return nil
+	}
+	p, err := e.pool.get()
+	if err != nil {
+		return err
+	}
+	if _, ok := any(p).(poolResizer); !ok {
+		return fmt.Errorf("%w: this build's pool cannot grow volumes yet (no pool.ResizeVolume): volume %q keeps its size",
+			adminapi.ErrUnsupported, s.Name)
+	}
+	return nil
+}
+
+// Resize applies a grown spec to the exported volume now (the admin API's
+// resize calls it after the catalogue write, so the request returns once
+// the LU reports the new capacity). A volume that is not exported here
+// is left to the node that serves it: nil.
+func (e *exporter) Resize(ctx context.Context, s *volume.Spec) error {
+	e.opMu.Lock()
+	defer e.opMu.Unlock()
+	e.mu.RLock()
+	x := e.mu.byIQ[s.TargetName()]
+	e.mu.RUnlock()
+	if x == nil || x.spec.UUID != s.UUID {
+		return nil
+	}
+	err := e.updateLocked(ctx, x, s)
+	e.poke()
+	return err
+}
+
 // Unexport hides the volume's target from new logins, closes its sessions
-// and closes its backing file. Once started it runs to completion.
+// and closes its backing file. Once started it runs to completion. The
+// reconcile loop leaves the volume unexported until Export is called or
+// its spec is deleted.
 func (e *exporter) Unexport(ctx context.Context, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	e.opMu.Lock()
+	defer e.opMu.Unlock()
+	e.held[name] = true
+	e.unexportLocked(name)
+	return nil
+}
+
+// unexportLocked is Unexport without the hold.
+// REQUIRES: e.opMu held.
+func (e *exporter) unexportLocked(name string) {
 	iqn := volume.TargetName(name)
 	e.mu.Lock()
 	x, ok := e.mu.byIQ[iqn]
@@ -159,7 +321,7 @@ func (e *exporter) Unexport(ctx context.Context, name string) error {
 	srv := e.mu.srv
 	e.mu.Unlock()
 	if !ok {
-		return nil
+		return
 	}
 	if srv != nil {
 		srv.CloseTarget(iqn)
@@ -168,7 +330,6 @@ func (e *exporter) Unexport(ctx context.Context, name string) error {
 		e.log.Warn("closing backing file", logkey.Volume, name, logkey.Err, err)
 	}
 	e.log.Info("volume unexported", logkey.Volume, name, logkey.Target, iqn)
-	return nil
 }
 
 // Exported implements adminapi.Targets.

@@ -14,7 +14,13 @@
 //	stave pool create --device PATH... [--segment-size 64MiB] | pool status | pool add-device PATH
 //	stave pool replace-device OLD NEW | pool scrub | pool recover --data-dir DIR (daemon stopped)
 //	stave session list
+//	stave k8s pv VOLUME [--fs ext4] [--name PV] [--capacity SIZE] | k8s secret VOLUME [--name] [--namespace]
+//	stave completion bash
 //	stave version
+//
+// The client verbs reach the daemon at --api: unix:PATH, unix:///PATH, a
+// socket path, or http(s)://HOST:PORT (serve's --http-listen) with
+// --api-token-file and/or --api-cert, --api-key, --api-ca.
 //
 // serve exports every volume under DATA/volumes as the iSCSI target
 // iqn.2026-11.dev.stave:<name>, LUN 0, and serves the admin API on a unix

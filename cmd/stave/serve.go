@@ -51,9 +51,11 @@ func serveCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "serve",
 		Usage: "run the iSCSI target and the admin API",
-		Description: "Exports every volume under DATA/volumes as the iSCSI target iqn.2026-11.dev.stave:NAME, LUN 0,\n" +
-			"and serves the admin API on a unix socket. Opens the pool in DATA/pool when there is one (see\n" +
-			"`stave pool create`). SIGINT or SIGTERM asks initiators to log out and stops.\n\n" +
+		Description: "Exports every volume of this node as the iSCSI target iqn.2026-11.dev.stave:NAME, LUN 0,\n" +
+			"and serves the admin API on a unix socket. The volumes, their ACLs and CHAP secrets and the\n" +
+			"persistent reservations live in etcd: an embedded member in DATA/etcd, or --etcd-endpoints\n" +
+			"(docs/etcd-keys.md); the daemon follows changes made there. Opens the pool in DATA/pool when\n" +
+			"there is one (see `stave pool create`). SIGINT or SIGTERM asks initiators to log out and stops.\n\n" +
 			"Options come from the file given by --config (default " + config.DefaultPath + ", read when it exists),\n" +
 			"then from the flags given, which override the file; see docs/configuration.md.",
 		// Every flag of serve overrides an option of the configuration file
@@ -119,23 +121,7 @@ func loadConfig(c *cli.Context) (*config.Config, error) {
 	if err := cfg.Finish(); err != nil {
 		return nil, err
 	}
-	if err := checkImplemented(cfg); err != nil {
-		return nil, err
-	}
 	return cfg, nil
-}
-
-// checkImplemented refuses options that config accepts but serve does not
-// implement yet, so that they are never silently ignored.
-func checkImplemented(cfg *config.Config) error {
-	if cfg.HTTP.Listen != "" {
-		return fmt.Errorf("http.listen (--http-listen) %q: the admin API over TCP is not implemented yet: "+
-			"remove it and use the unix socket (api, --api)", cfg.HTTP.Listen)
-	}
-	if cfg.HTTP.TokenFile != "" {
-		return errors.New("http.token_file (--http-token-file) is set: the admin API over TCP is not implemented yet: remove it")
-	}
-	return nil
 }
 
 func serveOptionsFrom(cfg *config.Config) *serveOptions {
@@ -180,13 +166,30 @@ func serveAction(c *cli.Context) error {
 	}
 	defer os.Remove(o.socket)
 	defer ln.Close() // after Serve, a no-op
-	cat, err := volume.Open(volume.Config{Dir: o.dataDir, Logger: log.With(logkey.Component, "volume")})
+	// etcd holds the catalogue and the reservations (docs/etcd-keys.md);
+	// it closes last, after everything that uses it.
+	nodeID, cl, err := openCluster(ctx, log, cfg)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	cat, err := volume.OpenContext(ctx, volume.Config{Dir: o.dataDir, Logger: log.With(logkey.Component, "volume"),
+		Store: cl.Volumes(), Node: nodeID})
 	if err != nil {
 		return err
 	}
 	// One registry for the daemon: the API serves it at /metrics and the
 	// pool registers on it.
 	reg := prometheus.NewRegistry()
+	if err := reg.Register(etcdUpGauge(ctx, cl)); err != nil {
+		return err
+	}
+	// Per-volume I/O metrics wrap the targets the iSCSI server sees
+	// (iometrics.go).
+	iom := newIOMetrics()
+	if err := reg.Register(iom); err != nil {
+		return err
+	}
 	ph := newPoolHost(log, o.dataDir, reg)
 	ph.opts.ScrubRate = int64(cfg.Pool.ScrubRate)
 	ph.opts.GCInterval = cfg.Pool.GCInterval
@@ -194,18 +197,17 @@ func serveAction(c *cli.Context) error {
 	// Deferred calls run last-in first-out: the exports close, then the
 	// pool, after the iSCSI server has drained and the API has stopped.
 	defer ph.close()
-	exp := newExporter(log.With(logkey.Component, "export"), cat, ph)
+	exp := newExporter(log.With(logkey.Component, "export"), cat, ph, cl, nodeID)
 	defer exp.closeAll()
-	for _, s := range cat.List() {
-		if err := exp.Export(ctx, s); err != nil {
-			log.Error("volume not exported", logkey.Volume, s.Name, logkey.Err, err)
-		}
-	}
+	// The first reconcile pass exports this node's volumes before the
+	// portals open; the loop started below keeps them in step with etcd.
+	exp.pass(ctx)
 	ph.warnOrphans(cat)
+	publishPool(ctx, ph, cl, nodeID)
 	srv, err := iscsi.NewServer(iscsi.Config{
 		Logger:        log.With(logkey.Component, "iscsi"),
 		Portals:       o.portals,
-		Targets:       exp,
+		Targets:       iom.source(exp),
 		DiscoveryAuth: o.discoveryAuth,
 		Limits:        login.DefaultLimits(),
 		NOPInterval:   cfg.ISCSI.NOPInterval,
@@ -234,6 +236,14 @@ func serveAction(c *cli.Context) error {
 		_ = srv.Serve(cctx)
 		return err
 	}
+	if err := setupAPI(log, cfg, api, srv, ph); err != nil { // apilisten.go: portals, readiness, TCP listener
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		_ = srv.Serve(cctx)
+		return err
+	}
+	api.AddReadinessCheck("etcd", func(ctx context.Context) error { return cl.Healthy(ctx, etcdProbeTimeout) })
+	api.SetNodes(clusterNodes{cl: cl, self: nodeID}) // GET /v1/nodes (nodecmd.go)
 	var addrs []string
 	for _, a := range srv.Addrs() {
 		addrs = append(addrs, a.String())
@@ -261,6 +271,9 @@ func serveAction(c *cli.Context) error {
 	context.AfterFunc(gctx, notifyStopping)
 	g.Go(func() error { return srv.Serve(gctx) })
 	g.Go(func() error { return api.Serve(gctx, ln) })
+	g.Go(func() error { return cat.Run(gctx) })
+	g.Go(func() error { return exp.reconcile(gctx) })
+	g.Go(func() error { return cl.RunNode(gctx, nodeRecord(cfg, cl, ph, nodeID, addrs), nodeRefresh) }) // nodecmd.go
 	err = g.Wait()
 	notifyStopping() // sent before serve returns, whichever runs first
 	log.Info("stave stopped")

@@ -8,21 +8,33 @@ import (
 )
 
 // sizeUnit returns the multiplier of an accepted unit (any case). K, M, G
-// and T are powers of 1024 like KiB, MiB, GiB and TiB.
+// and T are powers of 1024 like KiB, MiB, GiB and TiB (and Kubernetes'
+// Ki, Mi, Gi, Ti). NB: KB, MB, GB and TB are refused: some tools read
+// them as powers of 1000, others as powers of 1024.
 func sizeUnit(u string) (int64, bool) {
 	switch strings.ToLower(u) {
 	case "", "b":
 		return 1, true
-	case "k", "kib":
+	case "k", "kib", "ki":
 		return 1 << 10, true
-	case "m", "mib":
+	case "m", "mib", "mi":
 		return 1 << 20, true
-	case "g", "gib":
+	case "g", "gib", "gi":
 		return 1 << 30, true
-	case "t", "tib":
+	case "t", "tib", "ti":
 		return 1 << 40, true
 	}
 	return 0, false
+}
+
+// binaryFor returns the binary unit that a refused decimal-looking unit
+// (KB, MB, GB, TB) probably means, for the error message.
+func binaryFor(u string) (string, bool) {
+	switch strings.ToUpper(u) {
+	case "KB", "MB", "GB", "TB":
+		return strings.ToUpper(u[:1]) + "iB", true
+	}
+	return "", false
 }
 
 const acceptedUnits = "B, KiB, MiB, GiB, TiB, or K, M, G, T (powers of 1024)"
@@ -39,8 +51,15 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("bad size %q: give a whole number with a unit, e.g. 1GiB or 512MiB", s)
 	}
 	unit := strings.TrimSpace(t[i:])
+	if strings.HasPrefix(unit, ".") || strings.HasPrefix(unit, ",") {
+		return 0, fmt.Errorf("bad size %q: give a whole number with a unit, e.g. 1536MiB rather than 1.5GiB", s)
+	}
 	mul, ok := sizeUnit(unit)
 	if !ok {
+		if d, ok := binaryFor(unit); ok {
+			return 0, fmt.Errorf("bad size %q: unknown unit %q: use %s; %s is ambiguous (powers of 1000 or 1024?): write %s%s, or the number of bytes",
+				s, unit, acceptedUnits, unit, t[:i], d)
+		}
 		return 0, fmt.Errorf("bad size %q: unknown unit %q: use %s", s, unit, acceptedUnits)
 	}
 	n, err := strconv.ParseInt(t[:i], 10, 64)

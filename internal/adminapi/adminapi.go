@@ -1,5 +1,8 @@
 // Package adminapi is Stave's admin API: HTTP/JSON over a unix socket
-// (mode 0600), served by `stave serve` and used by the CLI through Client.
+// (mode 0600, no other authentication) and, optionally, TCP listeners
+// (AddListener) whose callers present a bearer token or a client
+// certificate, or both (Auth); served by `stave serve` and used by the CLI
+// through Client.
 //
 // Routes (all bodies JSON; errors are {"error": "<what to fix>"} with
 // status 400 invalid request, 404 not found, 405 wrong method, 409
@@ -10,7 +13,9 @@
 //	GET    /v1/volumes/{name}   one volume              → Volume
 //	DELETE /v1/volumes/{name}   close its sessions, delete it → 204
 //	GET    /v1/sessions         iSCSI sessions          → []Session
-//	GET    /healthz             liveness                → Health
+//	GET    /v1/volumes/{name}/connection  portals, target, LUN and CHAP secrets → Connection
+//	GET    /healthz             liveness (the process answers) → Health
+//	GET    /readyz              readiness (AddReadinessCheck)  → Readiness, 503 when not ready
 //	GET    /metrics             Prometheus text format
 //
 //	POST   /v1/pool                       create the pool (PoolCreateRequest) → 201 PoolStatus
@@ -26,6 +31,7 @@
 //	DELETE /v1/volumes/{name}/snapshots/{snap}                                 → 204
 //	POST   /v1/volumes/{name}/clone       new volume from a snapshot (CloneRequest) → 201 Volume
 //	POST   /v1/volumes/{name}/revert      back to a snapshot (RevertRequest)  → Volume
+//	POST   /v1/volumes/{name}/resize      grow it online (ResizeRequest)      → Volume
 //
 // Once the node has a pool, POST /v1/volumes creates volumes in it
 // (CreateRequest.Policy, "k+m"); older volumes stay in their sparse files.
@@ -33,8 +39,11 @@
 // their progress. Requests that need a pool answer 409 with NoPoolHint
 // while there is none.
 //
-// CHAP secrets go in (CreateRequest) but never come out: Volume carries
-// only the user names.
+// CHAP secrets go in (CreateRequest) and come out only in Connection (for
+// `stave k8s secret`), to callers of the unix socket or of an
+// authenticated TCP listener; Volume carries only the user names. On a TCP
+// listener every route but /healthz and /readyz needs authentication; a
+// refused request gets 401 with a JSON error that says what to send.
 package adminapi
 
 import (
@@ -50,6 +59,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -66,7 +76,8 @@ import (
 var (
 	// ErrSocketInUse is returned by ListenUnix when another process serves the socket.
 	ErrSocketInUse = errors.New("adminapi: socket in use by a running daemon")
-	// ErrBadAddress is returned for an API address that is not unix:PATH.
+	// ErrBadAddress is returned for an API address that ParseAddress does
+	// not accept.
 	ErrBadAddress = errors.New("adminapi: address must be unix:PATH")
 )
 
@@ -100,8 +111,13 @@ type Volume struct {
 	// Sessions counts logged-in sessions to the volume's target.
 	Sessions int `json:"sessions"`
 	// Exported is false when the daemon could not open the volume (see
-	// its log); initiators cannot log in to it then.
+	// its log); initiators cannot log in to it then. Only meaningful
+	// when Remote is false.
 	Exported bool `json:"exported"`
+	// Node is the ID of the node that serves the volume.
+	Node string `json:"node,omitempty"`
+	// Remote is true when another node serves the volume.
+	Remote bool `json:"remote,omitempty"`
 	// Backend is "file" (a sparse file) or "pool".
 	Backend string `json:"backend"`
 	// Policy is a pool volume's erasure-coding policy, "k+m".
@@ -182,6 +198,18 @@ type Server struct {
 
 	requests *prometheus.CounterVec
 
+	// node says how initiators reach this node (SetNode); nil until set.
+	node atomic.Pointer[NodeConfig]
+	// nodes lists the cluster's nodes (SetNodes, nodes.go); nil until set.
+	nodes atomic.Pointer[nodesHolder]
+
+	extraMu sync.Mutex
+	extra   []listener // TCP listeners (AddListener), guarded by extraMu
+
+	readyMu      sync.Mutex
+	checks       []readinessCheck // AddReadinessCheck, guarded by readyMu
+	readyTimeout time.Duration    // bounds the checks of one /readyz
+
 	// opMu serialises create, delete, clone, revert and snapshot changes
 	// so that export and unexport of one name cannot interleave.
 	opMu sync.Mutex
@@ -194,7 +222,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("adminapi: Config.Volumes and Config.Targets are required")
 	}
 	s := &Server{log: cfg.Logger, vols: cfg.Volumes, targets: cfg.Targets, reg: cfg.Registry, version: cfg.Version,
-		pool: cfg.Pool, ops: newOps()}
+		pool: cfg.Pool, ops: newOps(), readyTimeout: defaultReadyTimeout}
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stave_admin_requests_total", Help: "Admin API requests by route and HTTP status code.",
 	}, []string{"route", "code"})
@@ -207,6 +235,7 @@ func New(cfg Config) (*Server, error) {
 	if err := s.register(); err != nil {
 		return nil, err
 	}
+	s.AddReadinessCheck("volumes", s.volumesExported)
 	s.mux = http.NewServeMux()
 	s.mux.HandleFunc("/v1/volumes", s.volumes)
 	s.mux.HandleFunc("/v1/volumes/{name}", s.volume)
@@ -214,6 +243,7 @@ func New(cfg Config) (*Server, error) {
 	s.mux.HandleFunc("/v1/volumes/{name}/snapshots/{snap}", s.snapshot)
 	s.mux.HandleFunc("/v1/volumes/{name}/clone", s.clone)
 	s.mux.HandleFunc("/v1/volumes/{name}/revert", s.revert)
+	s.mux.HandleFunc("/v1/volumes/{name}/resize", s.resize) // resize.go
 	s.mux.HandleFunc("/v1/snapshots", s.allSnapshots)
 	s.mux.HandleFunc("/v1/pool", s.poolRoot)
 	s.mux.HandleFunc("/v1/pool/devices", s.poolDevices)
@@ -221,11 +251,15 @@ func New(cfg Config) (*Server, error) {
 	s.mux.HandleFunc("/v1/pool/scrub", s.poolScrub)
 	s.mux.HandleFunc("/v1/pool/operations", s.poolOperations)
 	s.mux.HandleFunc("/v1/pool/operations/{id}", s.poolOperation)
+	s.mux.HandleFunc("/v1/volumes/{name}/connection", s.connection)
 	s.mux.HandleFunc("/v1/sessions", s.sessions)
+	s.mux.HandleFunc("/v1/nodes", s.nodeList)     // nodes.go
+	s.mux.HandleFunc("/v1/nodes/{id}", s.nodeGet) // nodes.go
 	s.mux.HandleFunc("/healthz", s.healthz)
+	s.mux.HandleFunc("/readyz", s.readyz)
 	s.mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API path %s: use /v1/volumes, /v1/pool, /v1/snapshots, /v1/sessions, /healthz or /metrics", r.URL.Path))
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such API path %s: use /v1/volumes, /v1/pool, /v1/snapshots, /v1/sessions, /healthz, /readyz or /metrics", r.URL.Path))
 	})
 	return s, nil
 }
@@ -242,6 +276,7 @@ func (s *Server) register() error {
 			Name: "stave_iscsi_sessions", Help: "Number of iSCSI sessions (normal and discovery).",
 		}, func() float64 { return float64(len(s.targets.Sessions())) }),
 		newVolumeCollector(s),
+		newSessionCollector(s),
 		s.requests,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "stave_info", Help: "Stave version, always 1.",
@@ -290,6 +325,32 @@ func (w *statusWriter) WriteHeader(code int) {
 
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// sessionCollector reports one series per iSCSI session at scrape time.
+type sessionCollector struct {
+	s     *Server
+	conns *prometheus.Desc
+}
+
+func newSessionCollector(s *Server) sessionCollector {
+	return sessionCollector{s: s, conns: prometheus.NewDesc("stave_iscsi_session_connections",
+		"Connections of one iSCSI session (type Normal or Discovery; target empty for discovery).",
+		[]string{"initiator", "isid", "tsih", "target", "portal", "type"}, nil)}
+}
+
+// Describe implements prometheus.Collector.
+func (c sessionCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.conns }
+
+// Collect implements prometheus.Collector.
+func (c sessionCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, ss := range c.s.targets.Sessions() {
+		m, err := prometheus.NewConstMetric(c.conns, prometheus.GaugeValue, float64(ss.Connections),
+			ss.InitiatorName, ss.ISID, strconv.Itoa(int(ss.TSIH)), ss.TargetName, ss.Portal, ss.Type)
+		if err == nil {
+			ch <- m
+		}
+	}
+}
 
 // volumeCollector reports per-volume size and allocation at scrape time.
 type volumeCollector struct {
@@ -362,35 +423,64 @@ func ListenUnix(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-// Serve serves the API on ln until ctx is done, then shuts down, waiting
-// up to five seconds for requests in flight, and cancels long operations
-// and waits for them (Close). It closes ln.
+// Serve serves the API on ln (the unix socket) and on every listener
+// added with AddListener until ctx is done, then shuts down, waiting up to
+// five seconds for requests in flight, and cancels long operations and
+// waits for them (Close). It closes every listener. If one listener fails,
+// Serve stops the others and returns the error.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	hs := &http.Server{
-		Handler:           s.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		// Requests in flight at shutdown finish (Shutdown bounds the wait)
-		// rather than stop half-way through a create or delete.
-		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
-		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	type served struct {
+		hs *http.Server
+		ln net.Listener
 	}
-	done := make(chan error, 1)
-	go func() { done <- hs.Serve(ln) }()
+	newServer := func(h http.Handler) *http.Server {
+		return &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 10 * time.Second,
+			// Requests in flight at shutdown finish (Shutdown bounds the
+			// wait) rather than stop half-way through a create or delete.
+			BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+			ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		}
+	}
+	all := []served{{newServer(s.Handler()), ln}}
+	for _, x := range s.listeners() {
+		all = append(all, served{newServer(x.auth.Wrap(s.Handler())), x.ln})
+	}
+	done := make(chan error, len(all))
+	for _, sv := range all {
+		go func() { done <- sv.hs.Serve(sv.ln) }()
+	}
 	defer s.Close()
+	var failed error
 	select {
 	case err := <-done:
-		return fmt.Errorf("adminapi: %w", err)
+		failed = fmt.Errorf("adminapi: %w", err)
 	case <-ctx.Done():
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	err := hs.Shutdown(sctx)
-	<-done
-	if err != nil {
-		_ = hs.Close()
-		return fmt.Errorf("adminapi: shutdown: %w", err)
+	var errs []error
+	for _, sv := range all {
+		if err := sv.hs.Shutdown(sctx); err != nil {
+			_ = sv.hs.Close()
+			errs = append(errs, fmt.Errorf("adminapi: shutdown: %w", err))
+		}
 	}
-	return nil
+	for range len(all) - btoi(failed != nil) {
+		<-done
+	}
+	if failed != nil {
+		return failed
+	}
+	return errors.Join(errs...)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Close cancels the long operations (replace-device, scrub) and waits for
@@ -572,6 +662,7 @@ func (s *Server) toVolume(sp *volume.Spec, counts map[string]int) Volume {
 		Name: sp.Name, Target: sp.TargetName(), Size: sp.Size, BlockSize: sp.BlockSize,
 		Created: sp.Created, UUID: sp.UUID, Serial: sp.Serial, NAA: sp.NAA, ACL: sp.ACL,
 		Sessions: counts[sp.TargetName()], Exported: s.targets.Exported(sp.Name),
+		Node: sp.Node, Remote: !s.vols.Local(sp),
 	}
 	if sp.CHAP != nil {
 		v.CHAPUser = sp.CHAP.User

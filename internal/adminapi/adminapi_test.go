@@ -65,6 +65,7 @@ type env struct {
 	cl   *Client
 	sock string
 	srv  *httptest.Server
+	s    *Server
 }
 
 func shortTempDir(t *testing.T) string {
@@ -104,7 +105,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(cl.Close)
-	return &env{cat: cat, tg: tg, cl: cl, sock: sock, srv: ts}
+	return &env{cat: cat, tg: tg, cl: cl, sock: sock, srv: ts, s: s}
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -270,10 +271,15 @@ func TestMiscRoutes(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _ = e.cl.GetVolume(ctx, "absent")
+	e.tg.mu.Lock()
+	e.tg.sessions = []Session{{InitiatorName: "iqn.2026-11.test:i", ISID: "0x23d000000001", TSIH: 7,
+		TargetName: volume.TargetName("m1"), Portal: "127.0.0.1:3260", Type: "Normal", Connections: 1}}
+	e.tg.mu.Unlock()
 	m := get(t, e, "/metrics", http.StatusOK)
 	for _, want := range []string{"go_goroutines", "process_cpu_seconds_total", "go_build_info", "stave_volumes 1",
 		`stave_info{version="test-1"} 1`, `stave_volume_size_bytes{volume="m1"} 1.048576e+06`, `stave_volume_allocated_bytes{volume="m1"}`,
-		`stave_admin_requests_total{code="201",route="/v1/volumes"} 1`, `stave_admin_requests_total{code="404",route="/v1/volumes/{name}"} 1`} {
+		`stave_admin_requests_total{code="201",route="/v1/volumes"} 1`, `stave_admin_requests_total{code="404",route="/v1/volumes/{name}"} 1`,
+		`stave_iscsi_session_connections{initiator="iqn.2026-11.test:i",isid="0x23d000000001",portal="127.0.0.1:3260",target="iqn.2026-11.dev.stave:m1",tsih="7",type="Normal"} 1`} {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}

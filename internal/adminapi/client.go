@@ -7,11 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"strings"
-	"time"
 )
 
 // ErrUnreachable marks a failure to reach the daemon at all.
@@ -26,7 +23,7 @@ type unreachableError struct {
 
 // Error says which socket could not be reached and what to check.
 func (e *unreachableError) Error() string {
-	return fmt.Sprintf("cannot reach the daemon at %s (is 'stave serve' running? set --api or STAVE_API): %v", e.path, e.err)
+	return fmt.Sprintf("cannot reach the daemon at %s (is 'stave serve' running? set --api or STAVE_API): %v%s", e.path, e.err, tlsHint(e.err))
 }
 
 // Is matches ErrUnreachable.
@@ -48,33 +45,10 @@ func (e *APIError) Error() string { return e.Message }
 
 // Client talks to the admin API. It is safe for concurrent use.
 type Client struct {
-	hc   *http.Client
-	path string
-}
-
-// SocketPath returns PATH from an address "unix:PATH".
-func SocketPath(addr string) (string, error) {
-	p, ok := strings.CutPrefix(addr, "unix:")
-	if !ok || p == "" {
-		return "", fmt.Errorf("%w: got %q", ErrBadAddress, addr)
-	}
-	return p, nil
-}
-
-// NewClient returns a client for the API at addr ("unix:PATH").
-func NewClient(addr string) (*Client, error) {
-	p, err := SocketPath(addr)
-	if err != nil {
-		return nil, err
-	}
-	d := net.Dialer{Timeout: 5 * time.Second}
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, "unix", p)
-		},
-		DisableCompression: true,
-	}
-	return &Client{hc: &http.Client{Transport: tr}, path: p}, nil
+	hc    *http.Client
+	path  string // the address as given, for messages
+	base  string // URL prefix: http://stave for a socket, http(s)://HOST:PORT
+	token string // bearer token for a TCP listener; "" for none
 }
 
 // do sends a request and decodes a JSON answer into out (when non-nil).
@@ -87,9 +61,12 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://stave"+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return fmt.Errorf("adminapi: %w", err)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -268,6 +245,15 @@ func (c *Client) Clone(ctx context.Context, vol, snap, newVol string) (*Volume, 
 func (c *Client) Revert(ctx context.Context, vol, snap string) (*Volume, error) {
 	v := new(Volume)
 	if err := c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(vol)+"/revert", RevertRequest{Snapshot: snap}, v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// ResizeVolume grows the named volume to size bytes and returns it.
+func (c *Client) ResizeVolume(ctx context.Context, name string, size int64) (*Volume, error) {
+	v := new(Volume)
+	if err := c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(name)+"/resize", ResizeRequest{Size: SizeValue(size)}, v); err != nil {
 		return nil, err
 	}
 	return v, nil

@@ -706,6 +706,17 @@ func (s *Server) revert(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	// Bad input first: an unknown snapshot is the caller's mistake
+	// whatever the sessions are.
+	snaps, err := s.pool.Snapshots(r.Context(), name)
+	if err != nil {
+		s.fail(w, "revert", err)
+		return
+	}
+	if !slices.ContainsFunc(snaps, func(sn Snapshot) bool { return sn.Name == req.Snapshot }) {
+		s.fail(w, "revert", fmt.Errorf("%w: volume %q has no snapshot %q (see stave snapshot list %s)", volume.ErrNotFound, name, req.Snapshot, name))
+		return
+	}
 	var inits []string
 	for _, ss := range s.targets.Sessions() {
 		if ss.TargetName == sp.TargetName() {

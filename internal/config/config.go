@@ -31,7 +31,10 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -80,12 +83,21 @@ type Config struct {
 	Log Log `yaml:"log"`
 	// iSCSI session settings.
 	ISCSI ISCSI `yaml:"iscsi"`
-	// TCP listener for the admin API and /metrics (not used yet: the
-	// API listens on the unix socket only).
+	// TCP listener for the admin API and /metrics, beside the unix
+	// socket. Callers authenticate with a bearer token, a client
+	// certificate (mutual TLS) or both; /healthz and /readyz answer
+	// without.
 	HTTP HTTP `yaml:"http"`
 	// Pool (block store) settings; the pool itself is created with
 	// `stave pool create` and lives in `<data_dir>/pool`.
 	Pool Pool `yaml:"pool"`
+	// etcd, which holds the cluster's state (volumes, ACLs, CHAP
+	// secrets, reservations; docs/etcd-keys.md). Without endpoints the
+	// daemon runs an etcd member of its own with its data in
+	// `<data_dir>/etcd`.
+	Etcd Etcd `yaml:"etcd"`
+	// This node's name and labels, shown by `stave node list`.
+	Node Node `yaml:"node"`
 
 	src *source // where values came from, for error positions; may be nil
 }
@@ -132,14 +144,25 @@ type ISCSI struct {
 	QueueDepth int `yaml:"queue_depth" flag:"queue-depth"`
 }
 
-// HTTP configures the admin API's TCP listener (future).
+// HTTP configures the admin API's TCP listener.
 type HTTP struct {
 	// Address `HOST:PORT` for the admin API and /metrics over TCP;
 	// empty: no TCP listener.
 	Listen string `yaml:"listen" flag:"http-listen"`
-	// File holding the bearer token that TCP clients must send;
-	// required with listen.
+	// File holding the bearer token that TCP clients must send
+	// (`Authorization: Bearer TOKEN`), at least 32 characters; it must
+	// not be readable by others (chmod 600). With listen, give this,
+	// client_ca, or both.
 	TokenFile string `yaml:"token_file" flag:"http-token-file"`
+	// PEM certificate (chain) of the TCP listener; with tls_key it
+	// serves HTTPS.
+	TLSCert string `yaml:"tls_cert,omitempty" flag:"http-tls-cert"`
+	// PEM private key of tls_cert.
+	TLSKey string `yaml:"tls_key,omitempty" flag:"http-tls-key"`
+	// PEM file of the CAs whose client certificates the TCP listener
+	// accepts (mutual TLS): a client must present one. Needs tls_cert
+	// and tls_key.
+	ClientCA string `yaml:"client_ca,omitempty" flag:"http-client-ca"`
 }
 
 // Pool configures the pool's background work.
@@ -149,6 +172,52 @@ type Pool struct {
 	ScrubRate Size `yaml:"scrub_rate" flag:"scrub-rate"`
 	// Period of the background cleaner (garbage collection).
 	GCInterval time.Duration `yaml:"gc_interval" flag:"gc-interval"`
+}
+
+// Etcd configures the etcd that holds the cluster's state.
+type Etcd struct {
+	// Client URLs of an external etcd cluster, e.g.
+	// `https://10.0.0.1:2379`; empty: run an embedded member. The flag
+	// is repeatable.
+	Endpoints []string `yaml:"endpoints,omitempty" flag:"etcd-endpoints" default:"none: embedded"`
+	// PEM file of the CA that signed the external etcd's server
+	// certificates; empty: the system's roots.
+	CA string `yaml:"ca,omitempty" flag:"etcd-ca"`
+	// PEM client certificate for the external etcd (with key).
+	Cert string `yaml:"cert,omitempty" flag:"etcd-cert"`
+	// PEM private key of cert.
+	Key string `yaml:"key,omitempty" flag:"etcd-key"`
+	// URLs the embedded member serves clients (etcdctl) on,
+	// `http://HOST:PORT`; empty: 127.0.0.1 on a port free at start,
+	// written to `<data_dir>/etcd/endpoints`.
+	ListenClientURLs []string `yaml:"listen_client_urls,omitempty" flag:"etcd-listen-client-urls" default:"127.0.0.1, a free port"`
+	// URLs the embedded member listens on for peers, `http://HOST:PORT`;
+	// empty: 127.0.0.1 on a port free at start.
+	ListenPeerURLs []string `yaml:"listen_peer_urls,omitempty" flag:"etcd-listen-peer-urls" default:"127.0.0.1, a free port"`
+	// Members of a new embedded etcd cluster, `NAME=PEER-URL` each (e.g.
+	// `n1=http://10.0.0.1:2380`), node.name among them, the same list on
+	// every member (three or five); empty: a single member. The URLs are
+	// advertised as given, so listen_peer_urls (and listen_client_urls)
+	// must be this node's own addresses, not wildcards. A member with
+	// data in `<data_dir>/etcd` restarts from it and ignores this. The
+	// flag takes a comma-separated list.
+	InitialCluster []string `yaml:"initial_cluster,omitempty" flag:"initial-cluster" default:"none: single member"`
+	// Join a running embedded cluster: the etcd client address
+	// `HOST:PORT` (or URL) of one of its nodes. This node's member is
+	// added with its listen_peer_urls and started; a member with data in
+	// `<data_dir>/etcd` just restarts.
+	Join string `yaml:"join,omitempty" flag:"join"`
+}
+
+// Node names this node and describes where it is.
+type Node struct {
+	// Name of the node in `stave node list`, and of its embedded etcd
+	// member (the name in etcd.initial_cluster). Required with
+	// etcd.initial_cluster or etcd.join.
+	Name string `yaml:"name,omitempty" flag:"node-name" default:"the host name"`
+	// Labels of the node, e.g. `zone: a` and `rack: r1`. The flag takes
+	// `KEY=VALUE` and is repeatable.
+	Labels map[string]string `yaml:"labels,omitempty" flag:"label" default:"none"`
 }
 
 // Default returns the configuration used when there is no file and no
@@ -178,6 +247,11 @@ func (c *Config) Clone() *Config {
 		a := *c.DiscoveryCHAP
 		d.DiscoveryCHAP = &a
 	}
+	d.Etcd.Endpoints = append([]string(nil), c.Etcd.Endpoints...)
+	d.Etcd.ListenClientURLs = append([]string(nil), c.Etcd.ListenClientURLs...)
+	d.Etcd.ListenPeerURLs = append([]string(nil), c.Etcd.ListenPeerURLs...)
+	d.Etcd.InitialCluster = append([]string(nil), c.Etcd.InitialCluster...)
+	d.Node.Labels = maps.Clone(c.Node.Labels)
 	return &d
 }
 
@@ -295,17 +369,41 @@ func (c *Config) validate(v *validator) {
 	if q := c.ISCSI.QueueDepth; q < 1 || q > MaxQueueDepth {
 		v.addf("iscsi.queue_depth", "%d: use 1 to %d", q, MaxQueueDepth)
 	}
-	if c.HTTP.Listen != "" {
-		checkHostPort(v, "http.listen", c.HTTP.Listen, true)
-		if c.HTTP.TokenFile == "" {
-			v.addf("http.token_file", "is empty while http.listen is set: give a file holding the API token")
-		}
-	}
+	checkHTTP(v, &c.HTTP)
 	if c.Pool.ScrubRate < 0 {
 		v.addf("pool.scrub_rate", "%s is negative: use 0 (off) or a rate such as 50MiB", c.Pool.ScrubRate)
 	}
 	if c.Pool.GCInterval <= 0 {
 		v.addf("pool.gc_interval", "%s: use a positive duration such as 10s", c.Pool.GCInterval)
+	}
+	c.Etcd.validate(v)
+	c.Node.validate(v)
+	c.validateCluster(v)
+}
+
+// checkHTTP validates the TCP listener's options. The files themselves
+// are read when the daemon starts.
+func checkHTTP(v *validator, h *HTTP) {
+	if h.Listen == "" {
+		for _, o := range []struct{ path, val string }{
+			{"http.token_file", h.TokenFile}, {"http.tls_cert", h.TLSCert}, {"http.tls_key", h.TLSKey}, {"http.client_ca", h.ClientCA},
+		} {
+			if o.val != "" {
+				v.addf(o.path, "is set but http.listen is empty: set http.listen (--http-listen) too, or remove it")
+			}
+		}
+		return
+	}
+	checkHostPort(v, "http.listen", h.Listen, true)
+	if h.TokenFile == "" && h.ClientCA == "" {
+		v.addf("http.token_file", "is empty while http.listen is set: give a file holding the API token, "+
+			"or http.client_ca for mutual TLS (the TCP API can read every CHAP secret, so it needs authentication)")
+	}
+	if (h.TLSCert == "") != (h.TLSKey == "") {
+		v.addf("http.tls_cert", "and http.tls_key go together: give both, or neither for plain HTTP")
+	}
+	if h.ClientCA != "" && h.TLSCert == "" {
+		v.addf("http.client_ca", "needs TLS: set http.tls_cert and http.tls_key too")
 	}
 }
 
@@ -412,4 +510,142 @@ func redactSecret(s string) string {
 		return redacted
 	}
 	return s
+}
+
+// validate checks the etcd options.
+func (e *Etcd) validate(v *validator) {
+	checkURLs := func(path string, urls []string, example string) {
+		for i, raw := range urls {
+			u, err := url.Parse(raw)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Port() == "" {
+				v.addf(fmt.Sprintf("%s[%d]", path, i), "%q: use http://HOST:PORT or https://HOST:PORT, e.g. %s", raw, example)
+			}
+		}
+	}
+	checkURLs("etcd.endpoints", e.Endpoints, "https://10.0.0.1:2379")
+	checkURLs("etcd.listen_client_urls", e.ListenClientURLs, "http://127.0.0.1:2379")
+	checkURLs("etcd.listen_peer_urls", e.ListenPeerURLs, "http://127.0.0.1:2380")
+	if (e.Cert == "") != (e.Key == "") {
+		v.addf("etcd.cert", "and etcd.key go together: give both (a client certificate and its key) or neither")
+	}
+	if len(e.Endpoints) == 0 && (e.CA != "" || e.Cert != "" || e.Key != "") {
+		v.addf("etcd.endpoints", "is empty while etcd TLS files are set: give the external etcd's endpoints, or remove ca, cert and key")
+	}
+	if len(e.Endpoints) > 0 && (len(e.ListenClientURLs) > 0 || len(e.ListenPeerURLs) > 0) {
+		v.addf("etcd.listen_client_urls", "is set with etcd.endpoints: listen URLs are for the embedded member; remove them or the endpoints")
+	}
+}
+
+// MaxLabels bounds node.labels.
+const MaxLabels = 32
+
+// validate checks the node's name and labels: names and keys are 1 to 63
+// letters, digits, '.', '-', '_' (keys also '/'), starting with a letter
+// or digit; values at most 63 printable characters.
+func (n *Node) validate(v *validator) {
+	if n.Name != "" && !validName(n.Name, false) {
+		v.addf("node.name", "%q: use 1 to 63 letters, digits, '.', '-' or '_', starting with a letter or digit, e.g. node-1", n.Name)
+	}
+	if len(n.Labels) > MaxLabels {
+		v.addf("node.labels", "%d labels: use at most %d", len(n.Labels), MaxLabels)
+	}
+	for k, val := range n.Labels {
+		if !validName(k, true) {
+			v.addf("node.labels", "key %q: use 1 to 63 letters, digits, '.', '-', '_' or '/', starting with a letter or digit, e.g. zone", k)
+		}
+		if len(val) > 63 || strings.IndexFunc(val, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+			v.addf("node.labels", "value of %q: use at most 63 printable characters", k)
+		}
+	}
+}
+
+func validName(s string, slash bool) bool {
+	if len(s) == 0 || len(s) > 63 {
+		return false
+	}
+	for i, r := range s {
+		alnum := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9'
+		if !alnum && (i == 0 || !(r == '.' || r == '-' || r == '_' || slash && r == '/')) {
+			return false
+		}
+	}
+	return true
+}
+
+// ParseLabel parses the `KEY=VALUE` form of --label.
+func ParseLabel(s string) (key, value string, err error) {
+	k, val, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return "", "", fmt.Errorf("%w: --label %q: use KEY=VALUE, e.g. --label zone=a", ErrInvalid, s)
+	}
+	return k, val, nil
+}
+
+// ParseMember parses one `NAME=PEER-URL` entry of etcd.initial_cluster.
+func ParseMember(s string) (name, peerURL string, err error) {
+	name, peerURL, ok := strings.Cut(s, "=")
+	u, uerr := url.Parse(peerURL)
+	if !ok || name == "" || uerr != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Port() == "" {
+		return "", "", fmt.Errorf("%q: use NAME=http://HOST:PORT, e.g. n1=http://10.0.0.1:2380", s)
+	}
+	return name, peerURL, nil
+}
+
+// validateCluster checks the options of a multi-member embedded etcd.
+func (c *Config) validateCluster(v *validator) {
+	e := &c.Etcd
+	if len(e.InitialCluster) == 0 && e.Join == "" {
+		return
+	}
+	if len(e.Endpoints) > 0 {
+		v.addf("etcd.endpoints", "is set with etcd.initial_cluster or etcd.join, which are for embedded members: remove one or the other")
+		return
+	}
+	if len(e.InitialCluster) > 0 && e.Join != "" {
+		v.addf("etcd.join", "is set with etcd.initial_cluster: give initial_cluster on the members that start the cluster together, join on a node added later")
+	}
+	if c.Node.Name == "" {
+		v.addf("node.name", "is empty while etcd.initial_cluster or etcd.join is set: name the node (--node-name), as in initial_cluster")
+	}
+	if len(e.ListenPeerURLs) == 0 {
+		v.addf("etcd.listen_peer_urls", "is empty while etcd.initial_cluster or etcd.join is set: give this node's peer URL, e.g. http://10.0.0.1:2380")
+	}
+	for _, path := range []string{"etcd.listen_peer_urls", "etcd.listen_client_urls"} {
+		urls := e.ListenPeerURLs
+		if path == "etcd.listen_client_urls" {
+			urls = e.ListenClientURLs
+		}
+		for i, raw := range urls {
+			if u, err := url.Parse(raw); err == nil {
+				if ip := net.ParseIP(u.Hostname()); ip != nil && ip.IsUnspecified() {
+					v.addf(fmt.Sprintf("%s[%d]", path, i), "%q is a wildcard: members advertise these URLs to each other, give this node's own address", raw)
+				}
+			}
+		}
+	}
+	seen := map[string]bool{}
+	self := false
+	for i, m := range e.InitialCluster {
+		name, peer, err := ParseMember(m)
+		if err != nil {
+			v.addf(fmt.Sprintf("etcd.initial_cluster[%d]", i), "%v", err)
+			continue
+		}
+		if seen[name] {
+			v.addf(fmt.Sprintf("etcd.initial_cluster[%d]", i), "member %q is listed twice: give each member once", name)
+		}
+		seen[name] = true
+		if name == c.Node.Name {
+			self = true
+			if len(e.ListenPeerURLs) > 0 && !slices.Contains(e.ListenPeerURLs, peer) {
+				v.addf(fmt.Sprintf("etcd.initial_cluster[%d]", i), "this node's peer URL %q is not in etcd.listen_peer_urls %v: make them the same", peer, e.ListenPeerURLs)
+			}
+		}
+	}
+	if len(e.InitialCluster) > 0 && c.Node.Name != "" && !self {
+		v.addf("etcd.initial_cluster", "does not list this node (node.name %q): add %s=<its peer URL>", c.Node.Name, c.Node.Name)
+	}
+	if len(e.InitialCluster) == 2 || len(e.InitialCluster) == 4 {
+		v.addf("etcd.initial_cluster", "has %d members: use 3 or 5 (an even count tolerates no more failures than one member fewer)", len(e.InitialCluster))
+	}
 }

@@ -82,7 +82,7 @@ pool: {scrub_rate: 50MiB, gc_interval: 1m}
 				API:     "unix:/run/stave/stave.sock", DiscoveryCHAP: &CHAP{"disc", "0123456789ab"},
 				Log:   Log{"debug", "json"},
 				ISCSI: ISCSI{NOPInterval: 5 * time.Second, NOPTimeout: 5 * time.Second, QueueDepth: 64},
-				HTTP:  HTTP{"127.0.0.1:9443", "/etc/stave/token"},
+				HTTP:  HTTP{Listen: "127.0.0.1:9443", TokenFile: "/etc/stave/token"},
 				Pool:  Pool{ScrubRate: 50 << 20, GCInterval: time.Minute},
 				src:   c.src,
 			}
@@ -166,6 +166,9 @@ func TestErrors(t *testing.T) {
 		{"timeout without interval", "iscsi: {nop_timeout: 5s}\n", nil, []string{"iscsi.nop_timeout: is set but nop_interval is 0"}},
 		{"queue depth", "iscsi: {queue_depth: 0}\n", nil, []string{"iscsi.queue_depth: 0: use 1 to 4096"}},
 		{"http without token", "http: {listen: ':9443'}\n", nil, []string{"http.token_file: is empty while http.listen is set"}},
+		{"http token without listen", "http: {token_file: /t}\n", nil, []string{"http.token_file: is set but http.listen is empty"}},
+		{"http cert without key", "http: {listen: ':1', token_file: /t, tls_cert: /c}\n", nil, []string{"http.tls_cert: and http.tls_key go together"}},
+		{"http client CA without TLS", "http: {listen: ':1', client_ca: /ca}\n", nil, []string{"http.client_ca: needs TLS"}},
 		{"gc interval", "pool: {gc_interval: 0s}\n", nil, []string{"pool.gc_interval: 0s: use a positive duration"}},
 		{"several problems at once", "log: {level: x, format: y}\niscsi: {queue_depth: -1}\n", nil,
 			[]string{"log.level", "log.format", "iscsi.queue_depth"}},

@@ -263,7 +263,13 @@ func TestFlagsMatchTags(t *testing.T) {
 		"api": "unix:/tmp/x.sock", "discovery-chap": "u:0123456789abc", "log-level": "debug", "log-format": "json",
 		"nop-interval": 7 * time.Second, "nop-timeout": 9 * time.Second, "queue-depth": 7,
 		"http-listen": "127.0.0.1:9090", "http-token-file": "/etc/stave/token", "scrub-rate": "1MiB",
-		"gc-interval": time.Minute,
+		"http-tls-cert": "/etc/stave/api.crt", "http-tls-key": "/etc/stave/api.key", "http-client-ca": "/etc/stave/clients.pem",
+		"gc-interval":    time.Minute,
+		"etcd-endpoints": []string{"https://10.0.0.1:2379"}, "etcd-ca": "/etc/stave/etcd-ca.pem",
+		"etcd-cert": "/etc/stave/etcd.crt", "etcd-key": "/etc/stave/etcd.key",
+		"etcd-listen-client-urls": []string{"http://127.0.0.1:2379"}, "etcd-listen-peer-urls": []string{"http://127.0.0.1:2380"},
+		"initial-cluster": []string{"n1=http://10.0.0.1:2380"}, "join": "10.0.0.1:2379",
+		"node-name": "n1", "label": []string{"zone=a"},
 	}
 	for name := range tags {
 		v, ok := samples[name]

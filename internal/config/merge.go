@@ -87,6 +87,9 @@ func (c *Config) Merge(f Flags) error {
 	}
 	str("http-listen", "http.listen", &c.HTTP.Listen)
 	str("http-token-file", "http.token_file", &c.HTTP.TokenFile)
+	str("http-tls-cert", "http.tls_cert", &c.HTTP.TLSCert)
+	str("http-tls-key", "http.tls_key", &c.HTTP.TLSKey)
+	str("http-client-ca", "http.client_ca", &c.HTTP.ClientCA)
 	if f.IsSet("scrub-rate") {
 		s, err := ParseSize(f.String("scrub-rate"))
 		if err != nil {
@@ -96,5 +99,32 @@ func (c *Config) Merge(f Flags) error {
 		mark("pool.scrub_rate", "scrub-rate")
 	}
 	dur("gc-interval", "pool.gc_interval", &c.Pool.GCInterval)
+	strs := func(flag, path string, dst *[]string) {
+		if f.IsSet(flag) {
+			*dst = append([]string(nil), f.StringSlice(flag)...)
+			mark(path, flag)
+		}
+	}
+	strs("etcd-endpoints", "etcd.endpoints", &c.Etcd.Endpoints)
+	str("etcd-ca", "etcd.ca", &c.Etcd.CA)
+	str("etcd-cert", "etcd.cert", &c.Etcd.Cert)
+	str("etcd-key", "etcd.key", &c.Etcd.Key)
+	strs("etcd-listen-client-urls", "etcd.listen_client_urls", &c.Etcd.ListenClientURLs)
+	strs("etcd-listen-peer-urls", "etcd.listen_peer_urls", &c.Etcd.ListenPeerURLs)
+	strs("initial-cluster", "etcd.initial_cluster", &c.Etcd.InitialCluster)
+	str("join", "etcd.join", &c.Etcd.Join)
+	str("node-name", "node.name", &c.Node.Name)
+	if f.IsSet("label") {
+		labels := map[string]string{}
+		for _, l := range f.StringSlice("label") {
+			k, v, err := ParseLabel(l)
+			if err != nil {
+				return err
+			}
+			labels[k] = v
+		}
+		c.Node.Labels = labels // replaces the file's labels, like --portal
+		mark("node.labels", "label")
+	}
 	return nil
 }

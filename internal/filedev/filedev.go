@@ -2,7 +2,7 @@
 // backing store of a volume until the pool lands, and a test double after.
 //
 // Layout: byte i of the device is byte i of the file; the file's length is
-// the device size and never changes after Create. Unwritten and unmapped
+// the device size and changes only by Grow. Unwritten and unmapped
 // ranges are holes and read as zeros.
 //
 //	device  [0 ............................................ Size)
@@ -57,7 +57,7 @@ type Device struct {
 	f      *os.File
 	rc     syscall.RawConn // for fd-level calls; keeps the fd valid during them
 	path   string
-	size   int64
+	size   atomic.Int64 // grows only (Grow)
 	closed atomic.Bool
 }
 
@@ -105,14 +105,37 @@ func Open(path string) (*Device, error) {
 		_ = f.Close()
 		return nil, fmt.Errorf("filedev: open: %w", err)
 	}
-	return &Device{f: f, rc: rc, path: path, size: st.Size()}, nil
+	d := &Device{f: f, rc: rc, path: path}
+	d.size.Store(st.Size())
+	return d, nil
 }
 
 // Path returns the backing file's path.
 func (d *Device) Path() string { return d.path }
 
 // Size returns the device capacity in bytes.
-func (d *Device) Size() int64 { return d.size }
+func (d *Device) Size() int64 { return d.size.Load() }
+
+// Grow extends the device to size bytes (the new range reads as zeros)
+// and syncs the file, so the new size survives a crash once Grow returns.
+// A size not larger than the current one is an error. Safe to call
+// concurrently with I/O; I/O checks the size it sees at its start.
+func (d *Device) Grow(size int64) error {
+	if d.closed.Load() {
+		return ErrClosed
+	}
+	if old := d.size.Load(); size <= old {
+		return fmt.Errorf("filedev: grow to %d bytes: the device already has %d", size, old)
+	}
+	if err := d.f.Truncate(size); err != nil {
+		return fmt.Errorf("filedev: grow: %w", err)
+	}
+	if err := d.f.Sync(); err != nil {
+		return fmt.Errorf("filedev: grow: %w", err)
+	}
+	d.size.Store(size)
+	return nil
+}
 
 // check validates an I/O range and the device state.
 func (d *Device) check(ctx context.Context, off, n int64) error {
@@ -122,8 +145,9 @@ func (d *Device) check(ctx context.Context, off, n int64) error {
 	if d.closed.Load() {
 		return ErrClosed
 	}
-	if off < 0 || n < 0 || off > d.size || n > d.size-off {
-		return fmt.Errorf("%w: offset %d length %d, size %d", ErrOutOfRange, off, n, d.size)
+	size := d.size.Load()
+	if off < 0 || n < 0 || off > size || n > size-off {
+		return fmt.Errorf("%w: offset %d length %d, size %d", ErrOutOfRange, off, n, size)
 	}
 	return nil
 }
@@ -235,10 +259,11 @@ func (d *Device) MapStatus(ctx context.Context, off, limit int64) (mapped bool, 
 	if err := d.check(ctx, off, 0); err != nil {
 		return false, 0, err
 	}
-	if off == d.size || limit <= 0 {
+	size := d.size.Load()
+	if off == size || limit <= 0 {
 		return false, 0, nil
 	}
-	limit = min(limit, d.size-off)
+	limit = min(limit, size-off)
 	var data, hole int64
 	var serr error
 	cerr := d.control(func(fd int) {

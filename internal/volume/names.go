@@ -25,8 +25,9 @@ func VolumeFromTarget(name string) (string, bool) {
 
 var (
 	nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,62}$`)
-	// RFC 7143 §4.2.7.4: iqn.<yyyy-mm>.<reversed domain>[:<anything>].
-	iqnRE = regexp.MustCompile(`^iqn\.[0-9]{4}-(0[1-9]|1[0-2])\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[^\s]+)?$`)
+	// RFC 7143 §4.2.7.4: iqn.<yyyy-mm>.<reversed domain>[:<identifier>], where
+	// RFC 3720 §3.2.6.2 allows, of ASCII, only '-', '.', ':', letters and digits.
+	iqnRE = regexp.MustCompile(`^iqn\.[0-9]{4}-(0[1-9]|1[0-2])\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[a-z0-9.:\x{80}-\x{10FFFF}-]+)?$`)
 	// RFC 7143 §4.2.7.5: eui.<16 hex digits> (EUI-64).
 	euiRE = regexp.MustCompile(`^eui\.[0-9a-f]{16}$`)
 	// RFC 7143 §4.2.7.6 (RFC 3980): naa.<16 or 32 hex digits>.
@@ -84,8 +85,11 @@ func ValidateCHAP(what, user, secret string) error {
 	if user == "" {
 		return fmt.Errorf("%w: %s user name is empty: give USER:SECRET", ErrInvalid, what)
 	}
-	if strings.ContainsAny(user, "\x00\n\r") || strings.ContainsAny(secret, "\x00\n\r") {
-		return fmt.Errorf("%w: %s user name and secret must not contain NUL or line breaks", ErrInvalid, what)
+	if strings.ContainsFunc(user, isControl) || strings.ContainsFunc(secret, isControl) {
+		return fmt.Errorf("%w: %s user name and secret must not contain control characters (NUL, tab, line breaks, DEL)", ErrInvalid, what)
+	}
+	if len(user) > MaxCHAPSecret {
+		return fmt.Errorf("%w: %s user name is %d bytes: use at most %d (RFC 7143 §6.1 caps a key value at 255 bytes)", ErrInvalid, what, len(user), MaxCHAPSecret)
 	}
 	if n := len(secret); n < MinCHAPSecret || n > MaxCHAPSecret {
 		return fmt.Errorf("%w: %s secret is %d characters: use %d to %d (RFC 7143 recommends at least 12; Windows initiators need 12 to 16)",
@@ -93,3 +97,6 @@ func ValidateCHAP(what, user, secret string) error {
 	}
 	return nil
 }
+
+// isControl reports an ASCII control character.
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }

@@ -1,6 +1,11 @@
-// Package volume is the catalogue of volumes under a Stave data directory:
-// their identity, access rules and where their blocks live, until etcd
-// lands.
+// Package volume is the catalogue of volumes: their identity, access
+// rules and where their blocks live.
+//
+// The specs live in a Store (etcd, package cluster) when Config.Store is
+// set, as the daemon does; then DATA/volumes/<name>/ holds only a file
+// volume's backing file, and Open imports the volume.json files of an
+// older data directory into the Store once (renaming each to
+// volume.json.migrated). Without a Store the specs are files as below.
 //
 // On-disk layout:
 //
@@ -114,6 +119,9 @@ type Spec struct {
 	Policy string `json:"policy,omitempty"`
 	// Origin is "VOLUME@SNAPSHOT" for a clone.
 	Origin string `json:"origin,omitempty"`
+	// Node is the ID of the node that serves the volume (package
+	// cluster); empty in specs written before etcd, meaning this node.
+	Node string `json:"node,omitempty"`
 }
 
 // InPool reports whether the volume lives in the pool.
@@ -222,6 +230,10 @@ type Config struct {
 	Now func() time.Time
 	// Rand supplies UUIDs; nil means crypto/rand.
 	Rand io.Reader
+	// Store keeps the specs (etcd); nil keeps them in volume.json files.
+	Store Store
+	// Node is the node ID recorded in new specs (Spec.Node).
+	Node string
 }
 
 // Catalog is the set of volumes in a data directory.
@@ -231,17 +243,29 @@ type Catalog struct {
 	now  func() time.Time
 	rand io.Reader
 
+	store   Store         // nil: spec files
+	node    string        // Spec.Node of new volumes
+	changed chan struct{} // see Changed; capacity 1
+
 	mu struct {
 		sync.Mutex
-		specs map[string]*Spec
+		specs   map[string]*Spec
+		revs    map[string]int64    // store revision of each spec
+		pending map[string]struct{} // see Pending
+		rev     int64               // store revision the cache has seen
 	}
 }
 
 // Open loads every volume under cfg.Dir/volumes, creating the directory if
 // needed and removing leftovers of interrupted Create and Delete calls. A
 // volume whose spec cannot be read is logged at Error and skipped.
-func Open(cfg Config) (*Catalog, error) {
-	c := &Catalog{dir: filepath.Join(cfg.Dir, volumesDir), log: cfg.Logger, now: cfg.Now, rand: cfg.Rand}
+func Open(cfg Config) (*Catalog, error) { return OpenContext(context.Background(), cfg) }
+
+// OpenContext is Open with a context for the Store's calls. With a Store
+// it loads the specs from it and migrates spec files into it.
+func OpenContext(ctx context.Context, cfg Config) (*Catalog, error) {
+	c := &Catalog{dir: filepath.Join(cfg.Dir, volumesDir), log: cfg.Logger, now: cfg.Now, rand: cfg.Rand,
+		store: cfg.Store, node: cfg.Node, changed: make(chan struct{}, 1)}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -252,8 +276,16 @@ func Open(cfg Config) (*Catalog, error) {
 		c.rand = rand.Reader
 	}
 	c.mu.specs = make(map[string]*Spec)
+	c.mu.revs = make(map[string]int64)
+	c.mu.pending = make(map[string]struct{})
 	if err := os.MkdirAll(c.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("volume: %w", err)
+	}
+	if c.store != nil {
+		if err := c.openStore(ctx); err != nil {
+			return nil, err
+		}
+		return c, nil
 	}
 	ents, err := os.ReadDir(c.dir)
 	if err != nil {
@@ -293,20 +325,8 @@ func readSpec(dir string) (*Spec, error) {
 	if err := json.Unmarshal(b, s); err != nil {
 		return nil, fmt.Errorf("volume: %s: %w", dir, err)
 	}
-	if _, err := s.NAAID(); err != nil {
-		return nil, err
-	}
-	if ValidateName(s.Name) != nil || s.Size <= 0 || s.BlockSize <= 0 {
-		return nil, fmt.Errorf("volume: %s: invalid spec", dir)
-	}
-	switch s.Backend {
-	case "", BackendFile:
-	case BackendPool:
-		if _, err := ParsePolicy(s.Policy); err != nil {
-			return nil, fmt.Errorf("volume: %s: %w", dir, err)
-		}
-	default:
-		return nil, fmt.Errorf("volume: %s: unknown backend %q (written by a newer stave?)", dir, s.Backend)
+	if err := s.Check(); err != nil {
+		return nil, fmt.Errorf("volume: %s: %w", dir, err)
 	}
 	return s, nil
 }
@@ -320,8 +340,12 @@ func (c *Catalog) DataPath(name string) string { return filepath.Join(c.dir, nam
 // PRPath returns the path of the volume's persistent-reservation state.
 func (c *Catalog) PRPath(name string) string { return filepath.Join(c.dir, name, PRFile) }
 
-// Create validates req and makes the volume atomically. It returns the
-// new spec. Errors wrap ErrInvalid or ErrExists, or are I/O errors.
+// Create validates req and makes the volume: without a Store atomically
+// (one directory rename), with one the backing file first and then the
+// spec, create-if-absent (a crash in between leaves a directory without a
+// spec, which Open reports). The new volume is Pending until Settle. It
+// returns the new spec. Errors wrap ErrInvalid or ErrExists, or are I/O
+// or Store errors.
 func (c *Catalog) Create(ctx context.Context, req CreateRequest) (*Spec, error) {
 	if err := req.Validate(); err != nil {
 		return nil, err
@@ -349,6 +373,7 @@ func (c *Catalog) Create(ctx context.Context, req CreateRequest) (*Spec, error) 
 		ACL:       slices.Clone(req.ACL),
 		Backend:   req.Backend,
 		Origin:    req.Origin,
+		Node:      c.node,
 	}
 	if s.Backend == "" {
 		s.Backend = BackendFile
@@ -367,6 +392,15 @@ func (c *Catalog) Create(ctx context.Context, req CreateRequest) (*Spec, error) 
 	final := c.Dir(s.Name)
 	if _, ok := c.mu.specs[s.Name]; ok {
 		return nil, fmt.Errorf("%w: volume %q already exists: choose another name or delete it first", ErrExists, s.Name)
+	}
+	if c.store != nil {
+		if err := c.createStoredLocked(ctx, s); err != nil {
+			return nil, err
+		}
+		c.mu.pending[s.Name] = struct{}{}
+		c.log.Info("volume created", logkey.Volume, s.Name, logkey.Size, s.Size)
+		c.notify()
+		return s.clone(), nil
 	}
 	if _, err := os.Lstat(final); err == nil {
 		return nil, fmt.Errorf("%w: %s is in the way (an unreadable volume?): remove it or choose another name", ErrExists, final)
@@ -404,7 +438,9 @@ func (c *Catalog) Create(ctx context.Context, req CreateRequest) (*Spec, error) 
 		return nil, err
 	}
 	c.mu.specs[s.Name] = s
+	c.mu.pending[s.Name] = struct{}{}
 	c.log.Info("volume created", logkey.Volume, s.Name, logkey.Size, s.Size)
+	c.notify()
 	cp := s.clone()
 	return cp, nil
 }
@@ -485,8 +521,10 @@ func notFound(name string) error {
 	return fmt.Errorf("%w: no volume named %q: see 'stave volume list'", ErrNotFound, name)
 }
 
-// Delete removes the named volume and its data. The caller stops serving
-// it first. Errors wrap ErrNotFound or are I/O errors.
+// Delete removes the named volume and its data: with a Store the spec
+// (compare-and-delete on the revision read, ErrConflict if it changed),
+// then the backing file. The caller stops serving it first. Errors wrap
+// ErrNotFound or ErrConflict, or are I/O or Store errors.
 func (c *Catalog) Delete(ctx context.Context, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -495,6 +533,20 @@ func (c *Catalog) Delete(ctx context.Context, name string) error {
 	defer c.mu.Unlock()
 	if _, ok := c.mu.specs[name]; !ok {
 		return notFound(name)
+	}
+	delete(c.mu.pending, name)
+	if c.store != nil {
+		if err := c.store.Delete(ctx, name, c.mu.revs[name]); err != nil {
+			return err
+		}
+		delete(c.mu.specs, name)
+		delete(c.mu.revs, name)
+		c.notify()
+		// A pool volume has no directory; a file volume's goes like below.
+		if _, err := os.Lstat(c.Dir(name)); err != nil {
+			c.log.Info("volume deleted", logkey.Volume, name)
+			return nil
+		}
 	}
 	var r [6]byte
 	if _, err := io.ReadFull(c.rand, r[:]); err != nil {
@@ -505,6 +557,7 @@ func (c *Catalog) Delete(ctx context.Context, name string) error {
 		return fmt.Errorf("volume: delete %s: %w", name, err)
 	}
 	delete(c.mu.specs, name)
+	c.notify()
 	if err := syncDir(c.dir); err != nil {
 		c.log.Warn("volume delete: sync", logkey.Err, err)
 	}
@@ -541,3 +594,7 @@ func naa6(u [16]byte) []byte {
 	copy(b[8:16], u[8:16])
 	return b
 }
+
+// Local reports whether this node serves the volume: its spec names this
+// node, or no node (a spec written before volumes had nodes).
+func (c *Catalog) Local(s *Spec) bool { return s.Node == "" || s.Node == c.node }

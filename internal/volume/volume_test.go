@@ -303,3 +303,28 @@ func TestPoolBackend(t *testing.T) {
 		t.Errorf("old spec %+v %v", g, err)
 	}
 }
+
+func TestValidateInitiatorNameCharacters(t *testing.T) {
+	for _, name := range []string{
+		"iqn.1993-08.org.debian:01:abcdef",
+		"iqn.1991-05.com.microsoft:host-1.example.com",
+		"iqn.2026-11.dev.stave:café",
+	} {
+		if err := ValidateInitiatorName(name); err != nil {
+			t.Errorf("%q: %v", name, err)
+		}
+	}
+	// RFC 3720 §3.2.6.2: only '-', '.', ':', letters and digits in ASCII.
+	for _, name := range []string{
+		"iqn.1993-08.org.debian:01:ab\x00cd",
+		"iqn.1993-08.org.debian:01:ab\x7fcd",
+		"iqn.1993-08.org.debian:01/ab",
+		"iqn.1993-08.org.debian:a_b",
+		"iqn.1993-08.org.debian:a\tb",
+		"iqn.1993-08.org.debian:",
+	} {
+		if err := ValidateInitiatorName(name); err == nil {
+			t.Errorf("%q accepted", name)
+		}
+	}
+}
