@@ -621,7 +621,6 @@ func TestSnapshotEdges(t *testing.T) {
 	must(p.Revert(ctx, "a", "s4"))
 	expect("a", map[int64]uint64{0: 12}, "after revert to s4")
 	tp.reopen(t)
-	p = tp.p
 	expect("a", map[int64]uint64{0: 12}, "after reopen")
 	tp.recover(t)
 	p = tp.p

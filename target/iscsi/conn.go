@@ -688,7 +688,8 @@ func (c *conn) beginInline() uint64 {
 // after the inline command of token v; if not, it must stop reading
 // (errNotReader) and touch nothing the reader owns.
 func (c *conn) endInline(v uint64) bool {
-	if !c.inline.CompareAndSwap(v, v&^inlineMask|inlineNone) {
+	// Clearing the state bits sets inlineNone (0).
+	if !c.inline.CompareAndSwap(v, v&^inlineMask) {
 		return false
 	}
 	c.rescueTimer.Stop()
