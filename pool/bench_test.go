@@ -8,7 +8,8 @@ import (
 )
 
 // Benchmarks: go test ./pool -run XXX -bench . -benchtime 2s
-// 4 KiB random I/O runs with 32 concurrent writers/readers (group commit);
+// 4 KiB random I/O runs with 32 concurrent writers/readers (group commit),
+// and with one writer (qd1: the latency of one synced batch);
 // 1 MiB sequential I/O with one. Throughput is reported as MB/s (SetBytes)
 // and iops.
 const benchDevSize = 2 << 30
@@ -42,6 +43,19 @@ func BenchmarkPool(b *testing.B) {
 					}
 				}
 			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "iops")
+		})
+		b.Run(pc.pol.String()+"/4KiB-randwrite-qd1", func(b *testing.B) {
+			v := benchPool(b, pc.n, volSize)
+			buf := pattern(1, 4096)
+			rng := rand.New(rand.NewSource(1))
+			b.SetBytes(4096)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := v.WriteAt(ctx, buf, rng.Int63n(volSize/4096)*4096, false); err != nil {
+					b.Fatal(err)
+				}
+			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "iops")
 		})
 		b.Run(pc.pol.String()+"/4KiB-randread", func(b *testing.B) {

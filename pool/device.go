@@ -44,7 +44,7 @@ func openOSDevice(path string) (Device, error) {
 
 func (d *osDevice) ReadAt(p []byte, off int64) (int, error)  { return d.f.ReadAt(p, off) }
 func (d *osDevice) WriteAt(p []byte, off int64) (int, error) { return d.f.WriteAt(p, off) }
-func (d *osDevice) Sync() error                              { return d.f.Sync() }
+func (d *osDevice) Sync() error                              { return syncData(d.f) }
 func (d *osDevice) Size() int64                              { return d.size }
 func (d *osDevice) Close() error                             { return d.f.Close() }
 

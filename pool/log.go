@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -70,6 +71,7 @@ func (p *Pool) committer() {
 	defer p.wg.Done()
 	var next *writeReq
 	var group []*writeReq
+	lastGroup := 0 // requests in the last batch
 	for {
 		r := next
 		next = nil
@@ -91,6 +93,7 @@ func (p *Pool) committer() {
 		group = append(group[:0], r)
 		blocks, recs := r.nblocks(), len(r.recs)
 		bcap := p.batchCap(int(r.k))
+		yielded := false
 	drain:
 		for !r.alone && blocks < bcap && recs < maxBatchRecords {
 			select {
@@ -104,9 +107,19 @@ func (p *Pool) committer() {
 				blocks += r2.nblocks()
 				recs += len(r2.recs)
 			default:
-				break drain
+				// The writers of the last group were just acknowledged
+				// and most resubmit at once: yield once so that they join
+				// this batch rather than the next (a batch costs a sync
+				// per device whatever its size). A lone writer (last
+				// group of one) does not wait.
+				if yielded || len(group) >= lastGroup {
+					break drain
+				}
+				yielded = true
+				runtime.Gosched()
 			}
 		}
+		lastGroup = len(group)
 		err := p.commit(group)
 		for _, g := range group {
 			g.err = err
@@ -191,14 +204,25 @@ func (p *Pool) commit(group []*writeReq) error {
 func (p *Pool) encodeBatch(h *layout.ChunkHeader, blocks [][]byte) ([][]byte, error) {
 	k, m := int(h.K), int(h.M)
 	cl := int(h.ChunkLen())
+	// The chunks live in the committer's buffer, reused by the next batch
+	// (writeStripe has returned by then): headers are written whole by
+	// AppendTo, parity by Encode, data payloads below, padding cleared.
+	if need := (k + m) * cl; cap(p.chunkBuf) < need {
+		p.chunkBuf = make([]byte, need)
+	}
 	chunks := make([][]byte, k+m)
 	for i := range chunks {
-		chunks[i] = make([]byte, cl)
+		chunks[i] = p.chunkBuf[i*cl : (i+1)*cl : (i+1)*cl]
 	}
 	per := h.PerChunk()
 	for b, blk := range blocks {
 		c, s := b/per, b%per
-		copy(chunks[c][int(h.HeaderLen)+s*layout.BlockSize:], blk)
+		dst := chunks[c][int(h.HeaderLen)+s*layout.BlockSize:][:layout.BlockSize]
+		clear(dst[copy(dst, blk):])
+	}
+	for b := len(blocks); b < k*per; b++ {
+		c, s := b/per, b%per
+		clear(chunks[c][int(h.HeaderLen)+s*layout.BlockSize:][:layout.BlockSize])
 	}
 	if m > 0 {
 		enc, err := p.encoder(k, m)

@@ -73,6 +73,9 @@ type Pool struct {
 	// before it starts).
 	seq     uint64
 	counter uint64
+	// chunkBuf backs the chunks of the batch being written; owned by the
+	// committer (encodeBatch), reused from batch to batch.
+	chunkBuf []byte
 
 	encMu sync.Mutex
 	encs  map[[2]int]reedsolomon.Encoder
@@ -313,8 +316,15 @@ func (p pebbleLogger) Fatalf(format string, args ...any) {
 	panic("pool: pebble fatal: " + msg)
 }
 
+// indexCacheSize is the index's block cache. Every batch looks up the
+// entries of each LBA it writes; with pebble's default 8 MiB most of those
+// lookups miss and read and decompress a block.
+const indexCacheSize = 64 << 20
+
 func openIndex(dir string, log *slog.Logger) (*pebble.DB, error) {
-	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{log}})
+	cache := pebble.NewCache(indexCacheSize)
+	defer cache.Unref()
+	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{log}, Cache: cache})
 	if err != nil {
 		return nil, fmt.Errorf("pool: open index: %w", err)
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -341,9 +343,55 @@ func (v *Volume) writeOnce(ctx context.Context, b []byte, off int64) error {
 			reqs = append(reqs, cur)
 		}
 		cur.blocks = append(cur.blocks, blk)
-		cur.recs = append(cur.recs, layout.Record{Volume: v.id, LBA: lba, Kind: layout.KindData, SHA: sha256.Sum256(blk)})
+		cur.recs = append(cur.recs, layout.Record{Volume: v.id, LBA: lba, Kind: layout.KindData})
 	}
+	hashBlocks(reqs)
 	return v.p.submitAll(ctx, reqs)
+}
+
+// parallelHashBlocks is the smallest write whose block checksums are
+// computed on several cores.
+const parallelHashBlocks = 64
+
+// hashBlocks sets the SHA-256 of every data record of reqs (each record
+// i holds block i), on up to GOMAXPROCS goroutines for large writes:
+// hashing is most of a large write's CPU and the writer waits for it.
+func hashBlocks(reqs []*writeReq) {
+	var n int
+	for _, r := range reqs {
+		n += len(r.recs)
+	}
+	workers := min(runtime.GOMAXPROCS(0), n/(parallelHashBlocks/2))
+	if workers <= 1 {
+		for _, r := range reqs {
+			for i := range r.recs {
+				r.recs[i].SHA = sha256.Sum256(r.blocks[i])
+			}
+		}
+		return
+	}
+	hash := func(w int) {
+		lo, hi := w*n/workers, (w+1)*n/workers
+		j := 0
+		for _, r := range reqs {
+			for i := range r.recs {
+				if j >= lo && j < hi {
+					r.recs[i].SHA = sha256.Sum256(r.blocks[i])
+				}
+				j++
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	for w := 1; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hash(w)
+		}()
+	}
+	hash(0)
+	wg.Wait()
 }
 
 // readOne reads block lba (zeros when unmapped).
