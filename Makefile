@@ -78,13 +78,7 @@ fuzz-short:
 
 # fuzz runs every Fuzz target for FUZZTIME (default 60s) each.
 fuzz:
-	@set -e; for f in $$(grep -rl --include='*_test.go' --exclude-dir=.git --exclude-dir=.cache --exclude-dir=testdata '^func Fuzz' . | sort); do \
-		dir=$$(dirname $$f); \
-		for name in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
-			echo "fuzz $$dir $$name ($(FUZZTIME))"; \
-			$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$dir; \
-		done; \
-	done
+	GO=$(GO) bash tools/fuzz.sh $(FUZZTIME)
 
 e2e: build
 	STAVE_E2E=1 $(GO) test -count=1 -timeout 25m ./tests/...
