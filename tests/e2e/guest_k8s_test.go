@@ -1,11 +1,7 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
-	"os"
-	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -168,34 +164,7 @@ func TestGuestKubernetesISCSI(t *testing.T) {
 		// Base64 as in the manifest: shell-safe; the guest decodes it.
 		vars["SECRET_"+strings.ReplaceAll(k, ".", "_")] = v
 	}
-	script, err := os.ReadFile(filepath.Join("testdata", "guest_k8s.sh"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var full bytes.Buffer
-	keys := make([]string, 0, len(vars))
-	for k := range vars {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		fmt.Fprintf(&full, "%s='%s'\n", k, vars[k])
-	}
-	full.Write(script)
-
-	start := time.Now()
-	console, err := bootGuest(t, qemu, img, full.Bytes())
-	elapsed := time.Since(start)
-	run := parseGuestConsole(console)
-	saveLog(t, "guest-console.log", console)
-	defer func() {
-		if t.Failed() {
-			t.Logf("guest console (%v):\n%s", elapsed.Round(time.Second), console)
-		}
-	}()
-	if err != nil {
-		t.Errorf("guest: %v", err)
-	}
+	run, elapsed := runGuestScript(t, qemu, img, "guest_k8s.sh", vars)
 	t.Logf("guest run: %v, ready after %.1fs of guest uptime, %d steps reported\n%s",
 		elapsed.Round(time.Second), run.readyAt, len(run.steps), guestStepSummary(run, nil))
 	if !run.ready {

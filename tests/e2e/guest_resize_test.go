@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -53,34 +51,7 @@ func TestGuestResize(t *testing.T) {
 		"SIZE_BEFORE": fmt.Sprint(resizeBefore),
 		"SIZE_AFTER":  fmt.Sprint(resizeAfter),
 	}
-	script, err := os.ReadFile(filepath.Join("testdata", "guest_resize.sh"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var full bytes.Buffer
-	keys := make([]string, 0, len(vars))
-	for k := range vars {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		fmt.Fprintf(&full, "%s='%s'\n", k, vars[k])
-	}
-	full.Write(script)
-
-	start := time.Now()
-	console, err := bootGuest(t, qemu, img, full.Bytes())
-	elapsed := time.Since(start)
-	run := parseGuestConsole(console)
-	saveLog(t, "guest-console.log", console)
-	defer func() {
-		if t.Failed() {
-			t.Logf("guest console (%v):\n%s", elapsed.Round(time.Second), console)
-		}
-	}()
-	if err != nil {
-		t.Errorf("guest: %v", err)
-	}
+	run, elapsed := runGuestScript(t, qemu, img, "guest_resize.sh", vars)
 	t.Logf("guest run: %v, %d steps reported\n%s", elapsed.Round(time.Second), len(run.steps), guestStepSummary(run, nil))
 	t.Logf("stave volume resize printed: %s", strings.TrimSpace(resizeOut))
 	if !run.ready || !run.done || run.scriptRC != 0 {

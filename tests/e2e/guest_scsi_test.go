@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 	"syscall"
 	"testing"
@@ -205,34 +204,7 @@ func TestGuestSCSI(t *testing.T) {
 		"IQN_WS":     staveIQN("ws"),
 		"SECOND_IQN": guestSecondIQN,
 	}
-	script, err := os.ReadFile(filepath.Join("testdata", "guest_scsi.sh"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var full bytes.Buffer
-	keys := make([]string, 0, len(vars))
-	for k := range vars {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		fmt.Fprintf(&full, "%s='%s'\n", k, vars[k])
-	}
-	full.Write(script)
-
-	start := time.Now()
-	console, err := bootGuest(t, qemu, img, full.Bytes())
-	elapsed := time.Since(start)
-	run := parseGuestConsole(console)
-	saveLog(t, "guest-console.log", console)
-	defer func() {
-		if t.Failed() {
-			t.Logf("guest console (%v):\n%s", elapsed.Round(time.Second), console)
-		}
-	}()
-	if err != nil {
-		t.Errorf("guest: %v", err)
-	}
+	run, elapsed := runGuestScript(t, qemu, img, "guest_scsi.sh", vars)
 	t.Logf("guest run: %v, ready after %.1fs of guest uptime, %d steps reported\n%s",
 		elapsed.Round(time.Second), run.readyAt, len(run.steps), guestStepSummary(run, nil))
 	t.Logf("data file allocation:\n%s", meter.summary())

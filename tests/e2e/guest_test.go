@@ -8,10 +8,11 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -126,34 +127,7 @@ func TestGuestLinuxInitiator(t *testing.T) {
 		t.Fatalf("STAVE_E2E_TARGET=%q: want stave or tgt", mode)
 	}
 
-	script, err := os.ReadFile(filepath.Join("testdata", "guest-initiator.sh"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var full bytes.Buffer
-	keys := make([]string, 0, len(tgt.vars))
-	for k := range tgt.vars {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		fmt.Fprintf(&full, "%s='%s'\n", k, tgt.vars[k])
-	}
-	full.Write(script)
-
-	start := time.Now()
-	console, err := bootGuest(t, qemu, img, full.Bytes())
-	elapsed := time.Since(start)
-	run := parseGuestConsole(console)
-	saveLog(t, "guest-console.log", console)
-	defer func() {
-		if t.Failed() {
-			t.Logf("guest console (%s, %v):\n%s", tgt.name, elapsed.Round(time.Second), console)
-		}
-	}()
-	if err != nil {
-		t.Errorf("guest: %v", err)
-	}
+	run, elapsed := runGuestScript(t, qemu, img, "guest-initiator.sh", tgt.vars)
 	t.Logf("guest run against %s: %v, ready after %.1fs of guest uptime, %d steps reported\n%s",
 		tgt.name, elapsed.Round(time.Second), run.readyAt, len(run.steps), guestStepSummary(run, tgt.deviations))
 
@@ -483,3 +457,33 @@ func hostSeesSession(d *daemon, initiator, target string) error {
 
 // staveIQN is the target name stave gives a volume (DESIGN.md).
 func staveIQN(volume string) string { return "iqn.2026-11.dev.stave:" + volume }
+
+// runGuestScript boots the guest with testdata/NAME, preceded by one
+// shell assignment per var (sorted), and returns the parsed console and
+// how long the run took. The console is saved as guest-console.log and
+// printed if the test fails; a boot error fails the test.
+func runGuestScript(t *testing.T, qemu string, img guestImage, name string, vars map[string]string) (guestRun, time.Duration) {
+	t.Helper()
+	script, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var full bytes.Buffer
+	for _, k := range slices.Sorted(maps.Keys(vars)) {
+		fmt.Fprintf(&full, "%s='%s'\n", k, vars[k])
+	}
+	full.Write(script)
+	start := time.Now()
+	console, err := bootGuest(t, qemu, img, full.Bytes())
+	elapsed := time.Since(start)
+	saveLog(t, "guest-console.log", console)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("guest console (%s, %v):\n%s", name, elapsed.Round(time.Second), console)
+		}
+	})
+	if err != nil {
+		t.Errorf("guest: %v", err)
+	}
+	return parseGuestConsole(console), elapsed
+}
