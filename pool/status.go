@@ -3,6 +3,7 @@ package pool
 import (
 	"encoding/hex"
 	"sort"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -86,6 +87,7 @@ func newMetrics(reg prometheus.Registerer, p *Pool) *metrics {
 	space("parity_bytes", "Parity bytes.", func(s SpaceStatus) int64 { return s.Parity })
 	space("garbage_bytes", "Dead blocks in sealed segments.", func(s SpaceStatus) int64 { return s.Garbage })
 	space("free_bytes", "Bytes of free segments.", func(s SpaceStatus) int64 { return s.Free })
+	m.cs = append(m.cs, deviceCollector{p})
 	if reg != nil {
 		for _, x := range m.cs {
 			if err := reg.Register(x); err != nil {
@@ -102,5 +104,50 @@ func (m *metrics) unregister() {
 	}
 	for _, x := range m.cs {
 		m.reg.Unregister(x)
+	}
+}
+
+// Per-device metric descriptions (labels: the device's path and index).
+var (
+	deviceErrorsDesc = prometheus.NewDesc("stave_pool_device_errors_total",
+		"I/O and checksum errors of one pool device since the pool opened it (kind: read, write, checksum).",
+		[]string{"device", "index", "kind"}, nil)
+	deviceRepairsDesc = prometheus.NewDesc("stave_pool_device_repairs_total",
+		"Blocks or chunks of one pool device rewritten after reconstruction since the pool opened it.",
+		[]string{"device", "index"}, nil)
+	deviceStateDesc = prometheus.NewDesc("stave_pool_device_state",
+		"1 for the current state of each pool device (ok, failed, missing).",
+		[]string{"device", "index", "state"}, nil)
+	deviceStates = []DeviceState{DeviceOK, DeviceFailed, DeviceMissing}
+)
+
+// deviceCollector exports the per-device counters of Status at scrape time.
+type deviceCollector struct{ p *Pool }
+
+// Describe implements prometheus.Collector.
+func (c deviceCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- deviceErrorsDesc
+	ch <- deviceRepairsDesc
+	ch <- deviceStateDesc
+}
+
+// Collect implements prometheus.Collector.
+func (c deviceCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, d := range c.p.Status().Devices {
+		idx := strconv.Itoa(d.Index)
+		for _, e := range []struct {
+			kind string
+			n    int64
+		}{{"read", d.ReadErrors}, {"write", d.WriteErrors}, {"checksum", d.ChecksumErrors}} {
+			ch <- prometheus.MustNewConstMetric(deviceErrorsDesc, prometheus.CounterValue, float64(e.n), d.Path, idx, e.kind)
+		}
+		ch <- prometheus.MustNewConstMetric(deviceRepairsDesc, prometheus.CounterValue, float64(d.Repairs), d.Path, idx)
+		for _, st := range deviceStates {
+			v := 0.0
+			if d.State == st {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(deviceStateDesc, prometheus.GaugeValue, v, d.Path, idx, st.String())
+		}
 	}
 }

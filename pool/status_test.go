@@ -73,3 +73,62 @@ func TestMetricsRegisterOnce(t *testing.T) {
 	tp.opts.Registerer = strictRegisterer{prometheus.NewPedanticRegistry(), t}
 	tp.open(t)
 }
+
+// TestDeviceMetrics checks that the per-device metrics report what
+// Status reports, after a corrupted chunk was found and repaired.
+func TestDeviceMetrics(t *testing.T) {
+	ctx := context.Background()
+	tp := newTestPool(t, 3, testDevSize)
+	tp.p.Close()
+	reg := prometheus.NewPedanticRegistry()
+	tp.opts.Registerer = reg
+	tp.open(t)
+	v, err := tp.p.CreateVolume(ctx, "v", 8<<20, Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := pattern(21, 64<<10)
+	if err := v.WriteAt(ctx, a, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	l, members := blockLoc(t, tp.p, v, 3)
+	c, boff := l.chunk()
+	smash(t, tp.devs[members[c]], tp.p.rowOff(l.row)+l.batchOff+boff+100, 10)
+	if got := readAll(t, v, 0, 64<<10); string(got) != string(a) {
+		t.Fatal("wrong data after corruption")
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{} // name{device,kind|state} → value
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() != "index" {
+					key += "," + lp.GetValue()
+				}
+			}
+			got[key] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	var csTotal float64
+	for _, d := range tp.p.Status().Devices {
+		for key, want := range map[string]int64{
+			"stave_pool_device_errors_total," + d.Path + ",checksum": d.ChecksumErrors,
+			"stave_pool_device_errors_total," + d.Path + ",read":     d.ReadErrors,
+			"stave_pool_device_repairs_total," + d.Path:              d.Repairs,
+			"stave_pool_device_state," + d.Path + ",ok":              1,
+			"stave_pool_device_state," + d.Path + ",failed":          0,
+		} {
+			if v, ok := got[key]; !ok || v != float64(want) {
+				t.Errorf("%s = %v (present %v), want %d", key, v, ok, want)
+			}
+		}
+		csTotal += float64(d.ChecksumErrors)
+	}
+	if csTotal == 0 {
+		t.Error("no checksum error counted on any device")
+	}
+}
