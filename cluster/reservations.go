@@ -6,19 +6,29 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"stave.dev/stave/internal/logkey"
 	"stave.dev/stave/target/scsi/pr"
 )
 
 // ReservationStore is the pr.Store of one volume in etcd: the State as
 // JSON at /stave/v1/reservations/<volume>. Save is a compare-and-swap on
 // the revision that the last Load or Save saw, so a node that lost the
-// volume cannot overwrite the state its successor wrote; it fails with
-// an error wrapping ErrConflict instead. An etcd write is durable
-// (fsynced on a quorum) when it returns, which is what pr.Store asks.
+// volume cannot overwrite the state its successor wrote, and two nodes
+// that export the volume cannot overwrite each other's PERSISTENT RESERVE
+// OUT; it fails with an error wrapping both ErrConflict and
+// pr.ErrConflict instead, and the pr.Manager reloads and decides again.
+// An etcd write is durable (fsynced on a quorum) when it returns, which is
+// what pr.Store asks.
+//
+// It is a pr.SharedStore: every node that exports the volume has its own
+// ReservationStore and pr.Manager over the one key, and runs
+// WatchReservations to refresh its Manager when another node changes it.
 //
 // The Manager serialises the calls; a ReservationStore is not safe for
 // other concurrent use.
@@ -28,12 +38,15 @@ type ReservationStore struct {
 	rev  int64 // mod revision of the key as last seen; 0: absent
 }
 
-var _ pr.Store = (*ReservationStore)(nil)
+var _ pr.SharedStore = (*ReservationStore)(nil)
 
 // Reservations returns the reservation store of the named volume.
 func (c *Cluster) Reservations(volume string) *ReservationStore {
 	return &ReservationStore{c: c, name: volume}
 }
+
+// Shared implements pr.SharedStore: other nodes write the same key.
+func (r *ReservationStore) Shared() bool { return true }
 
 // Load implements pr.Store.
 func (r *ReservationStore) Load(ctx context.Context) (pr.State, error) {
@@ -66,10 +79,134 @@ func (r *ReservationStore) Save(ctx context.Context, s pr.State) error {
 		return fmt.Errorf("%w: saving reservations of %q: %v", ErrUnavailable, r.name, err)
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("%w: reservations of volume %q were changed by another node", ErrConflict, r.name)
+		return fmt.Errorf("%w: %w: reservations of volume %q were changed by another node", ErrConflict, pr.ErrConflict, r.name)
 	}
 	r.rev = resp.Header.Revision
 	return nil
+}
+
+// Backoff of WatchReservations after a failed watch or callback.
+const (
+	watchRetryMin = 100 * time.Millisecond
+	watchRetryMax = 5 * time.Second
+)
+
+// WatchReservations calls fn each time the reservations of volume change
+// in etcd (a PERSISTENT RESERVE OUT through any node, or the volume's
+// deletion), until ctx ends; it then returns ctx.Err(). The daemon runs
+// it, in a goroutine it owns, for every volume it exports, with fn the
+// LU's RefreshReservations.
+//
+//  1. fn is called once as soon as the watch is established, so that
+//     changes made before it are not missed, and once more each time the
+//     watch is established again.
+//  2. fn is called from one goroutine, never concurrently with itself.
+//     Changes that arrive while it runs are coalesced into one more call.
+//  3. When fn fails (etcd unreachable), it is called again after a
+//     backoff (100 ms doubling to 5 s) even if nothing else changes, and
+//     a warning is logged.
+//  4. When the watch fails (etcd unreachable, this member lost its leader,
+//     the revision was compacted), a warning is logged and the watch is
+//     established again after the same backoff.
+func (c *Cluster) WatchReservations(ctx context.Context, volume string, fn func(context.Context) error) error {
+	log := c.log.With(logkey.Volume, volume)
+	backoff := watchRetryMin
+	for {
+		established, err := c.watchReservations(ctx, ReservationKey(volume), fn, log)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if established {
+			backoff = watchRetryMin
+		}
+		log.Warn("reservation watch failed; watching again", logkey.Err, err, "retry_in", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		backoff = min(2*backoff, watchRetryMax)
+	}
+}
+
+// watchReservations runs one etcd watch of key for WatchReservations. It
+// returns when the watch fails or ctx ends, reporting whether the watch
+// was established.
+func (c *Cluster) watchReservations(ctx context.Context, key string, fn func(context.Context) error, log *slog.Logger) (bool, error) {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wc := c.cli.Watch(wctx, key, clientv3.WithCreatedNotify())
+	established, dirty := false, false
+	backoff := watchRetryMin
+	var retry *time.Timer // non-nil while a failed fn waits for its retry
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+	}()
+	for {
+		var retryC <-chan time.Time
+		if retry != nil {
+			retryC = retry.C
+		}
+		select {
+		case <-ctx.Done():
+			return established, ctx.Err()
+		case wr, ok := <-wc:
+			if !ok {
+				return established, fmt.Errorf("%w: watch of %s closed", ErrUnavailable, key)
+			}
+			if err := wr.Err(); err != nil {
+				return established, fmt.Errorf("%w: watch of %s: %v", ErrUnavailable, key, err)
+			}
+			if wr.Created {
+				established = true
+			}
+			// Created (catch up) or changed: refresh. A response of
+			// progress only (no events) is not a change.
+			dirty = dirty || wr.Created || len(wr.Events) > 0
+		case <-retryC:
+			retry = nil
+		}
+		if !dirty || retry != nil {
+			continue
+		}
+		// Coalesce the responses already queued into this call; a failure
+		// among them ends the watch after it.
+		var failed error
+	drain:
+		for {
+			select {
+			case wr, ok := <-wc:
+				switch {
+				case !ok:
+					failed = fmt.Errorf("%w: watch of %s closed", ErrUnavailable, key)
+					break drain
+				case wr.Err() != nil:
+					failed = fmt.Errorf("%w: watch of %s: %v", ErrUnavailable, key, wr.Err())
+					break drain
+				}
+			default:
+				break drain
+			}
+		}
+		err := fn(ctx)
+		if failed != nil {
+			return established, failed
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return established, ctx.Err()
+			}
+			log.Warn("refreshing reservations failed; retrying", logkey.Err, err, "retry_in", backoff)
+			retry = time.NewTimer(backoff)
+			backoff = min(2*backoff, watchRetryMax)
+			continue
+		}
+		dirty, backoff = false, watchRetryMin
+	}
 }
 
 // MigrateReservations imports the pr.FileStore file at path (an older

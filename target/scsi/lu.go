@@ -58,6 +58,12 @@ type LUConfig struct {
 	// Reservations persists persistent reservations; nil keeps them in
 	// memory.
 	Reservations pr.Store
+	// ResumeReservations continues with the state saved in Reservations
+	// as it is (pr.Resume) instead of applying power-on semantics
+	// (pr.NewManager drops registrations made without APTPL): for a node
+	// that exports a replicated volume that other nodes serve already.
+	// It requires Reservations.
+	ResumeReservations bool
 	// Ports reports ALUA state; nil means one target port group (ID 1),
 	// active/optimized, holding every relative target port seen.
 	Ports PortState
@@ -135,7 +141,11 @@ func NewLU(cfg LUConfig) (*LU, error) {
 	}
 	// NB: NewLU has no context in its contract; loading the reservation
 	// state is the only blocking step.
-	m, err := pr.NewManager(context.Background(), cfg.Reservations)
+	newManager := pr.NewManager
+	if cfg.ResumeReservations {
+		newManager = pr.Resume
+	}
+	m, err := newManager(context.Background(), cfg.Reservations)
 	if err != nil {
 		return nil, fmt.Errorf("scsi: reservations: %w", err)
 	}
@@ -191,6 +201,27 @@ func (l *LU) resize() bool {
 // change.
 func (l *LU) PortStateChanged() {
 	l.raiseUA(nil, sense.ASCAsymmetricAccessStateChanged)
+}
+
+// RefreshReservations reloads the persistent-reservation state from
+// LUConfig.Reservations (pr.Manager.Refresh): the daemon calls it when
+// another node changed the volume's shared state, and before this node
+// starts serving as the volume's new owner. It establishes the unit
+// attentions of the change (REGISTRATIONS PREEMPTED, RESERVATIONS
+// PREEMPTED, RESERVATIONS RELEASED; see pr.Manager.Refresh for what a
+// state difference can and cannot tell) for the I_T nexuses this LU
+// knows. It blocks in the store's Load with ctx; on error the state is
+// unchanged. It is safe for concurrent use.
+func (l *LU) RefreshReservations(ctx context.Context) error {
+	eff, err := l.res.Refresh(ctx)
+	if err != nil {
+		return fmt.Errorf("scsi: refreshing reservations of %s: %w", l.name, err)
+	}
+	if len(eff.UnitAttentions) > 0 && l.log.Enabled(ctx, slog.LevelDebug) {
+		l.log.Debug("scsi: reservations changed through another node", slog.Int(logkey.Count, len(eff.UnitAttentions)))
+	}
+	l.applyEffects(ctx, Nexus{}, eff)
+	return nil
 }
 
 // nexus returns the state of n, creating it on first sight. A nexus that

@@ -31,7 +31,10 @@ type Store interface {
 	// Load returns the saved state; a store that has never been saved
 	// returns the zero State and a nil error.
 	Load(ctx context.Context) (State, error)
-	// Save replaces the saved state; a nil error means it is durable.
+	// Save replaces the saved state; a nil error means it is durable. A
+	// store that other writers share fails with an error wrapping
+	// ErrConflict when the saved state changed since this Store's last
+	// Load or Save; the Manager then reloads and decides again.
 	Save(ctx context.Context, s State) error
 }
 
@@ -57,21 +60,37 @@ type Effects struct {
 
 // Manager holds the reservation state of one logical unit.
 //
-// It is safe for concurrent use: every method takes one mutex, and Out
-// holds it across Store.Save so that commands are decided and persisted in
-// order.
+// It is safe for concurrent use. Two mutexes order it: out serialises the
+// Store calls and every change of the persistent-reservation state (Out,
+// Refresh, the reload before In on a SharedStore) and the taking of an
+// SPC-2 reservation (Reserve), so that commands are decided on the state
+// last loaded or saved and persisted in order; mu guards the state itself
+// and is never held across Store I/O, so CheckAccess (and In on an
+// unshared store) never waits for the Store. Lock order: out, then mu.
+//
+// INVARIANT: the current state is the one the Store last loaded or saved
+// (the Store's compare-and-swap base, for a SharedStore).
 type Manager struct {
-	store Store
+	store  Store
+	shared bool // store is a SharedStore that reports Shared
 
 	// idle is true when there is no registration, no persistent
 	// reservation and no SPC-2 reservation, so that CheckAccess can allow
 	// every command without taking the lock. Written under mu.
 	idle atomic.Bool
 
+	// out: see the type comment. Held across Store calls.
+	out sync.Mutex
+
 	mu struct {
 		sync.Mutex
 		st   State
 		spc2 *Port // SPC-2 reservation holder, nil when none
+		// pending are unit attentions found by a reload whose caller
+		// could not hand them out (In, a failed Out); the next Refresh or
+		// successful Out returns them. Deduplicated and bounded by
+		// maxPending.
+		pending []UnitAttention
 	}
 }
 
@@ -83,8 +102,7 @@ type Manager struct {
 // Store are wrapped; a state that breaks its invariants yields
 // ErrCorruptState.
 func NewManager(ctx context.Context, s Store) (*Manager, error) {
-	m := &Manager{store: s}
-	m.idle.Store(true)
+	m := newManager(s)
 	if s == nil {
 		return m, nil
 	}
@@ -111,6 +129,16 @@ func NewManager(ctx context.Context, s Store) (*Manager, error) {
 	return m, nil
 }
 
+// newManager returns a Manager over s with the empty state.
+func newManager(s Store) *Manager {
+	m := &Manager{store: s}
+	if ss, ok := s.(SharedStore); ok {
+		m.shared = ss.Shared()
+	}
+	m.idle.Store(true)
+	return m
+}
+
 // updateIdleLocked recomputes m.idle after a state change.
 // REQUIRES: m.mu held.
 func (m *Manager) updateIdleLocked() {
@@ -119,8 +147,9 @@ func (m *Manager) updateIdleLocked() {
 
 // Resume returns a Manager that continues with the state saved in s as it
 // is, without the power-on semantics of NewManager: for a logical unit
-// that moves to another node (failover), where registrations made without
-// APTPL and PRgeneration must survive. s must not be nil.
+// that moves to another node (failover), or that a node exports while
+// other nodes of a cluster serve it already, where registrations made
+// without APTPL and PRgeneration must survive. s must not be nil.
 func Resume(ctx context.Context, s Store) (*Manager, error) {
 	if s == nil {
 		return nil, errNilStore
@@ -132,14 +161,14 @@ func Resume(ctx context.Context, s Store) (*Manager, error) {
 	if err := st.validate(); err != nil {
 		return nil, err
 	}
-	m := &Manager{store: s}
+	m := newManager(s)
 	m.mu.st = st
 	m.updateIdleLocked()
 	return m, nil
 }
 
 // errNilStore is returned by Resume without a Store.
-var errNilStore = errors.New("pr: nil store")
+var errNilStore = errors.New("pr: Resume needs a Store to resume from (got nil)")
 
 // State returns a copy of the current persistent-reservation state.
 func (m *Manager) State() State {

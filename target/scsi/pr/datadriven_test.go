@@ -18,7 +18,11 @@ type ddEnv struct {
 	m     *Manager
 	mem   *memStore
 	file  FileStore
-	store string // "mem", "file" or "none"
+	store string // "mem", "file", "none" or "shared"
+	// m2 is a second logical unit (another node's) over shared, when
+	// store is "shared"; commands choose it with lu=2.
+	m2     *Manager
+	shared *sharedBacking
 }
 
 func (e *ddEnv) open(t *testing.T) string {
@@ -28,13 +32,40 @@ func (e *ddEnv) open(t *testing.T) string {
 		s = e.mem
 	case "file":
 		s = e.file
+	case "shared":
+		// The first node powers on; the second joins the running cluster.
+		m, err := NewManager(context.Background(), e.shared.handle())
+		if err != nil {
+			return fmtErr(err)
+		}
+		m2, err := Resume(context.Background(), e.shared.handle())
+		if err != nil {
+			return fmtErr(err)
+		}
+		e.m, e.m2 = m, m2
+		return "ok"
 	}
 	m, err := NewManager(context.Background(), s)
 	if err != nil {
 		return fmtErr(err)
 	}
-	e.m = m
+	e.m, e.m2 = m, nil
 	return "ok"
+}
+
+// mgr returns the Manager the command addresses: lu=1 (default) or lu=2.
+func (e *ddEnv) mgr(t *testing.T, d *datadriven.TestData) *Manager {
+	switch argU64(t, d, "lu", 1) {
+	case 1:
+		return e.m
+	case 2:
+		if e.m2 == nil {
+			d.Fatalf(t, "lu=2 needs new store=shared")
+		}
+		return e.m2
+	}
+	d.Fatalf(t, "lu must be 1 or 2")
+	return nil
 }
 
 func TestDataDriven(t *testing.T) {
@@ -70,10 +101,12 @@ func argStr(t *testing.T, d *datadriven.TestData, key, def string) string {
 func (e *ddEnv) run(t *testing.T, d *datadriven.TestData) string {
 	ctx := context.Background()
 	port := testPort(argStr(t, d, "port", "A"))
+	m := e.mgr(t, d)
 	switch d.Cmd {
 	case "new":
 		e.store = argStr(t, d, "store", "mem")
 		e.mem = &memStore{}
+		e.shared = &sharedBacking{}
 		return e.open(t)
 	case "restart":
 		return e.open(t)
@@ -83,7 +116,24 @@ func (e *ddEnv) run(t *testing.T, d *datadriven.TestData) string {
 	case "saves":
 		return fmt.Sprint(e.mem.saves)
 	case "state":
-		return fmtState(e.m.State())
+		return fmtState(m.State())
+	case "refresh":
+		eff, err := m.Refresh(ctx)
+		if err != nil {
+			return fmtErr(err)
+		}
+		return "ok" + fmtEffects(eff)
+	case "shared":
+		b := e.shared
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return fmt.Sprintf("rev=%d saves=%d conflicts=%d\n%s", b.rev, b.saves, b.conflicts, fmtState(b.st))
+	case "store-race":
+		// The next n saves find that another writer changed the state.
+		e.shared.mu.Lock()
+		e.shared.race = int(argU64(t, d, "n", 1))
+		e.shared.mu.Unlock()
+		return "ok"
 	case "file":
 		b, err := e.file.Load(ctx)
 		if err != nil {
@@ -101,7 +151,7 @@ func (e *ddEnv) run(t *testing.T, d *datadriven.TestData) string {
 				if err != nil {
 					d.Fatalf(t, "op %s: %v", op, err)
 				}
-				out = append(out, fmt.Sprintf("%s: %s", op, fmtErr(e.m.CheckAccess(port, cdb))))
+				out = append(out, fmt.Sprintf("%s: %s", op, fmtErr(m.CheckAccess(port, cdb))))
 			}
 		}
 		return strings.Join(out, "\n")
@@ -111,14 +161,14 @@ func (e *ddEnv) run(t *testing.T, d *datadriven.TestData) string {
 			d.Fatalf(t, "%v", err)
 		}
 		if d.Cmd == "reserve" {
-			return fmtErr(e.m.Reserve(port, cdb))
+			return fmtErr(m.Reserve(port, cdb))
 		}
-		return fmtErr(e.m.Release(port, cdb))
+		return fmtErr(m.Release(port, cdb))
 	case "nexus-lost":
-		e.m.NexusLost(port)
+		m.NexusLost(port)
 		return "ok"
 	case "reset":
-		e.m.Reset()
+		m.Reset()
 		return "ok"
 	case "prin":
 		var sa InServiceAction
@@ -138,7 +188,7 @@ func (e *ddEnv) run(t *testing.T, d *datadriven.TestData) string {
 			}
 			sa = InServiceAction(n)
 		}
-		b, err := e.m.In(ctx, port, prinCDB(sa, 0xffff))
+		b, err := m.In(ctx, port, prinCDB(sa, 0xffff))
 		if err != nil {
 			return fmtErr(err)
 		}
@@ -182,10 +232,10 @@ func (e *ddEnv) run(t *testing.T, d *datadriven.TestData) string {
 		}
 		plen := uint32(argU64(t, d, "plen", uint64(len(param))))
 		cdb := proutCDB(sa, uint8(argU64(t, d, "scope", 0)), typ, plen)
-		before := e.m.State()
-		eff, err := e.m.Out(ctx, port, cdb, param)
+		before := m.State()
+		eff, err := m.Out(ctx, port, cdb, param)
 		if err != nil {
-			if after := e.m.State(); fmtState(after) != fmtState(before) {
+			if after := m.State(); fmtState(after) != fmtState(before) && e.store != "shared" {
 				t.Errorf("failed PERSISTENT RESERVE OUT changed the state:\n%s\n->\n%s", fmtState(before), fmtState(after))
 			}
 			return fmtErr(err)

@@ -288,6 +288,63 @@ func (s *memStore) Save(ctx context.Context, st State) error {
 	return nil
 }
 
+// sharedBacking is the saved state that several casStores (the nodes of
+// a cluster) share, with a revision for compare-and-swap, like etcd.
+type sharedBacking struct {
+	mu        sync.Mutex
+	st        State
+	rev       int64
+	saves     int
+	conflicts int
+	// race makes the next race saves find the state changed by another
+	// writer (the revision moves, the state does not).
+	race int
+	// failLoad makes Load fail with errInjected.
+	failLoad bool
+}
+
+// handle returns a new SharedStore over b.
+func (b *sharedBacking) handle() *casStore { return &casStore{b: b} }
+
+// casStore is one node's SharedStore over a sharedBacking: Save is a
+// compare-and-swap on the revision its last Load or Save saw.
+type casStore struct {
+	b   *sharedBacking
+	rev int64
+}
+
+var _ SharedStore = (*casStore)(nil)
+
+func (s *casStore) Shared() bool { return true }
+
+func (s *casStore) Load(ctx context.Context) (State, error) {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	if s.b.failLoad {
+		return State{}, errInjected
+	}
+	s.rev = s.b.rev
+	return s.b.st.clone(), nil
+}
+
+func (s *casStore) Save(ctx context.Context, st State) error {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	if s.b.race > 0 {
+		s.b.race--
+		s.b.rev++
+	}
+	if s.rev != s.b.rev {
+		s.b.conflicts++
+		return fmt.Errorf("%w: revision %d, last seen %d", ErrConflict, s.b.rev, s.rev)
+	}
+	s.b.rev++
+	s.b.saves++
+	s.b.st = st.clone()
+	s.rev = s.b.rev
+	return nil
+}
+
 // checkInvariants reports a broken invariant of a Manager's state.
 func checkInvariants(st State) error {
 	if err := st.validate(); err != nil {

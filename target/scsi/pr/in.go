@@ -53,11 +53,25 @@ const (
 // returns the whole parameter data; the caller truncates it to the
 // ALLOCATION LENGTH (bytes 7-8). Errors are *sense.Error: INVALID FIELD IN
 // CDB for an unknown service action, RESERVATION CONFLICT while an SPC-2
-// reservation exists. In does not block; ctx is accepted for symmetry with
-// Out. It is safe for concurrent use.
+// reservation exists.
+//
+// Over a SharedStore, In first reloads the state from the Store (as
+// Refresh does, keeping the unit attentions found for the next Refresh or
+// Out), so that PERSISTENT RESERVE IN through any node reports every
+// change acknowledged through the others; it then blocks in Store.Load
+// with ctx, and a failed load ends with HARDWARE ERROR / INTERNAL TARGET
+// FAILURE. Otherwise In does not block. It is safe for concurrent use.
 func (m *Manager) In(ctx context.Context, p Port, cdb []byte) ([]byte, error) {
 	if len(cdb) < prinCDBLen {
 		return nil, sense.InvalidCDBField(0, -1)
+	}
+	if m.shared {
+		m.out.Lock()
+		_, err := m.reload(ctx)
+		m.out.Unlock()
+		if err != nil {
+			return nil, errInternal(err)
+		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

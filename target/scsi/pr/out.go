@@ -3,6 +3,7 @@ package pr
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"stave.dev/stave/target/scsi/sense"
@@ -160,9 +161,22 @@ func decodeOut(cdb, param []byte) (outCmd, error) {
 
 // errSaveFailed builds the error reported when the state cannot be persisted.
 func errSaveFailed(err error) error {
-	return &sense.Error{Status: sense.StatusCheckCondition, Key: sense.KeyHardwareError,
-		ASC: sense.ASCInternalTargetFailure, Cause: fmt.Errorf("pr: save: %w", err)}
+	return errInternal(fmt.Errorf("pr: save: %w", err))
 }
+
+// errInternal builds a HARDWARE ERROR / INTERNAL TARGET FAILURE with cause.
+func errInternal(cause error) error {
+	return &sense.Error{Status: sense.StatusCheckCondition, Key: sense.KeyHardwareError,
+		ASC: sense.ASCInternalTargetFailure, Cause: cause}
+}
+
+// maxOutAttempts bounds how many times Out decides a command: a Save that
+// loses a race with another writer (ErrConflict) reloads the state and
+// decides again on it. Each lost race means another writer's change went
+// in; a node that saves PERSISTENT RESERVE OUTs back to back can make
+// another lose several in a row (it needs no reload between its own), so
+// the bound leaves room for the commands queued on a few nodes.
+const maxOutAttempts = 32
 
 // Out executes PERSISTENT RESERVE OUT (SPC-4 §6.14) from I_T nexus p with
 // parameter list param (the Data-Out bytes; at least PARAMETER LIST
@@ -176,47 +190,94 @@ func errSaveFailed(err error) error {
 //  2. The service action is applied to a copy of the state; rule
 //     violations end with RESERVATION CONFLICT or INVALID RELEASE OF
 //     PERSISTENT RESERVATION and change nothing.
-//  3. When the state changed it is saved through the Store under the
-//     Manager's lock; a failed Save leaves the state unchanged and ends
-//     with HARDWARE ERROR / INTERNAL TARGET FAILURE.
-//  4. The new state takes effect and the Effects are returned; the caller
+//  3. When the state changed it is saved through the Store (under the
+//     Manager's out lock, not the lock CheckAccess takes).
+//  4. When Save fails with ErrConflict (another node changed the shared
+//     state), the state is reloaded from the Store as Refresh does and
+//     the command is decided again from step 2 on the fresh state, at
+//     most maxOutAttempts times in all; so concurrent commands through
+//     several nodes serialise, PRgeneration included. Over a
+//     SharedStore, a decision of step 2 that saves nothing (a conflict,
+//     or a command without effect) is confirmed the same way: the state
+//     is reloaded once and, if it changed, the command decided again.
+//     Any other failure of Save or of a reload, or running out of
+//     attempts, leaves the state as last loaded and ends with HARDWARE
+//     ERROR / INTERNAL TARGET FAILURE.
+//  5. The new state takes effect and the Effects are returned; the caller
 //     establishes the unit attentions and aborts the tasks of
 //     AbortInitiatorPorts (with COMMANDS CLEARED BY ANOTHER INITIATOR
-//     unit attentions when TAS=0) before completing the command.
+//     unit attentions when TAS=0) before completing the command. The
+//     unit attentions include those that reloads found (see Refresh).
 //
 // While an SPC-2 reservation exists every PERSISTENT RESERVE OUT
 // conflicts. Out is safe for concurrent use and never panics whatever the
-// bytes; it blocks only in Store.Save, which gets ctx.
+// bytes; it blocks only in Store calls, which get ctx.
 func (m *Manager) Out(ctx context.Context, p Port, cdb, param []byte) (Effects, error) {
 	c, err := decodeOut(cdb, param)
 	if err != nil {
 		return Effects{}, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.mu.spc2 != nil {
-		return Effects{}, sense.ReservationConflict()
-	}
-	st := m.mu.st.clone()
-	var eff Effects
-	changed, err := apply(&st, p, &c, &eff)
-	if err != nil {
-		return Effects{}, err
-	}
-	if !changed {
+	m.out.Lock()
+	defer m.out.Unlock()
+	// fresh is whether the state was loaded during this command: over a
+	// SharedStore, a decision that saves nothing (a conflict, a no-op) is
+	// confirmed on a fresh state, since no compare-and-swap checks it.
+	fresh := !m.shared
+	for attempt := 1; ; attempt++ {
+		m.mu.Lock()
+		if m.mu.spc2 != nil {
+			m.mu.Unlock()
+			return Effects{}, sense.ReservationConflict()
+		}
+		st := m.mu.st.clone()
+		m.mu.Unlock()
+		var eff Effects
+		changed, err := apply(&st, p, &c, &eff)
+		if (err != nil || !changed) && !fresh {
+			fresh = true
+			reloaded, rerr := m.reload(ctx)
+			if rerr != nil {
+				return Effects{}, errInternal(fmt.Errorf("pr: reload to confirm %s: %w", c.sa, rerr))
+			}
+			if reloaded {
+				continue
+			}
+		}
+		if err != nil {
+			return Effects{}, err
+		}
+		if changed {
+			if err := st.validate(); err != nil {
+				return Effects{}, errSaveFailed(err)
+			}
+			if m.store != nil {
+				err := m.store.Save(ctx, st.clone())
+				if errors.Is(err, ErrConflict) && attempt < maxOutAttempts {
+					if _, err := m.reload(ctx); err != nil {
+						return Effects{}, errInternal(fmt.Errorf("pr: reload after a conflicting save: %w", err))
+					}
+					fresh = true
+					continue
+				}
+				if err != nil {
+					if attempt > 1 {
+						err = fmt.Errorf("%w (attempt %d of %d)", err, attempt, maxOutAttempts)
+					}
+					return Effects{}, errSaveFailed(err)
+				}
+			}
+		}
+		m.mu.Lock()
+		if changed {
+			m.mu.st = st
+			m.updateIdleLocked()
+		}
+		if len(m.mu.pending) > 0 {
+			eff.UnitAttentions = append(m.takePendingLocked(), eff.UnitAttentions...)
+		}
+		m.mu.Unlock()
 		return eff, nil
 	}
-	if err := st.validate(); err != nil {
-		return Effects{}, errSaveFailed(err)
-	}
-	if m.store != nil {
-		if err := m.store.Save(ctx, st.clone()); err != nil {
-			return Effects{}, errSaveFailed(err)
-		}
-	}
-	m.mu.st = st
-	m.updateIdleLocked()
-	return eff, nil
 }
 
 // apply runs service action c from p on st, appending side effects to

@@ -22,6 +22,10 @@
 //  4. RESERVE(6/10) and RELEASE(6/10): Reserve(p, cdb), Release(p, cdb).
 //  5. Nexus loss: NexusLost(p); LOGICAL UNIT RESET and target resets:
 //     Reset().
+//  6. In a cluster, where every node exports the logical unit and its
+//     Manager shares one state through a SharedStore: Refresh(ctx) on
+//     every change of the saved state and before serving as the new
+//     owner, then establish Effects.UnitAttentions as for Out.
 //
 // Ordering for PERSISTENT RESERVE OUT ("persist, then ack"):
 //
@@ -29,8 +33,14 @@
 //  2. When it differs, the copy is saved through Store.Save.
 //  3. Only when Save succeeds does the copy become the current state and
 //     the command report success and its Effects.
-//  4. When Save fails the state is unchanged and the command ends with
-//     HARDWARE ERROR / INTERNAL TARGET FAILURE.
+//  4. When Save fails with ErrConflict (another node wrote the shared
+//     state first), the state is reloaded and the command decided again
+//     from step 1, a bounded number of times.
+//  5. When Save fails otherwise the state is unchanged and the command
+//     ends with HARDWARE ERROR / INTERNAL TARGET FAILURE.
+//
+// The SPC-2 reservation is local to one Manager (one node): it is never
+// saved, and Refresh keeps it.
 //
 // PERSISTENT RESERVE OUT parameter list (SPC-4 §6.14.3), 24 bytes plus,
 // with SPEC_I_PT, a list of TransportIDs:

@@ -41,11 +41,16 @@ func checkSPC2CDB(cdb []byte) error {
 //  2. Otherwise an SPC-2 reservation held by another nexus conflicts; one
 //     held by p is kept (GOOD); with none, p becomes the holder.
 //
-// It is safe for concurrent use and never panics whatever cdb holds.
+// It is safe for concurrent use and never panics whatever cdb holds; it
+// waits for a PERSISTENT RESERVE OUT in progress.
 func (m *Manager) Reserve(p Port, cdb []byte) error {
 	if err := checkSPC2CDB(cdb); err != nil {
 		return err
 	}
+	// The out lock keeps a PERSISTENT RESERVE OUT that is saving its
+	// first registration from racing with a new SPC-2 reservation.
+	m.out.Lock()
+	defer m.out.Unlock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st := &m.mu.st
