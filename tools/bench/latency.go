@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"slices"
 	"time"
+
+	"stave.dev/stave/internal/initiator"
 )
 
 // Latencies summarises the per-I/O latencies of one run, in microseconds.
@@ -48,25 +50,26 @@ func rank(n int, p float64) int {
 // fillPattern. The result's Lat holds the percentiles; Ops and Elapsed the
 // rate.
 func (c Client) Latency(ctx context.Context, rawURL string, cell Cell, d time.Duration) (Result, error) {
-	u, err := parseISCSIURL(rawURL)
+	u, err := initiator.ParseURL(rawURL)
 	if err != nil {
 		return Result{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, d+c.Grace)
 	defer cancel()
-	s, err := dialSession(ctx, u, c.InitiatorName)
+	s, capa, err := dialSession(ctx, u, c.InitiatorName)
 	if err != nil {
 		return Result{}, fmt.Errorf("latency client: %w", err)
 	}
-	defer s.close()
+	defer s.Close()
 	// The connection is closed when ctx ends, so that a stalled target
-	// cannot hold the run past its limit.
-	stop := context.AfterFunc(ctx, func() { s.nc.Close() })
+	// cannot hold the run past its limit. The commands themselves run
+	// under context.Background: no per-I/O timer on the measured path.
+	stop := context.AfterFunc(ctx, s.Abort)
 	defer stop()
 	bs := cell.BlockSize
-	slots := int64(s.blocks) * int64(s.blockSize) / 4096
-	if bs%s.blockSize != 0 || int64(bs) > slots*4096 {
-		return Result{}, fmt.Errorf("latency client: %d-byte I/O on a %d-block LU of %d-byte blocks", bs, s.blocks, s.blockSize)
+	slots := capa.Bytes() / 4096
+	if bs%capa.BlockSize != 0 || int64(bs) > slots*4096 {
+		return Result{}, fmt.Errorf("latency client: %d-byte I/O on a %d-block LU of %d-byte blocks", bs, capa.Blocks, capa.BlockSize)
 	}
 	slots -= int64(bs-1) / 4096
 	buf := make([]byte, bs)
@@ -85,7 +88,13 @@ func (c Client) Latency(ctx context.Context, rawURL string, cell Cell, d time.Du
 			break
 		}
 		off := rng.Int64N(slots) * 4096
-		if err := s.rw(cell.Write, buf, off); err != nil {
+		var err error
+		if lba := uint64(off / int64(capa.BlockSize)); cell.Write {
+			err = s.Write(context.Background(), lba, buf)
+		} else {
+			err = s.Read(context.Background(), lba, buf)
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				return Result{}, fmt.Errorf("latency client: %w after %v", errStall, d+c.Grace)
 			}
