@@ -140,3 +140,15 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+// Forget deletes the persisted epoch of volume: the clean-up after the
+// volume was deleted for good. A missing file is nothing to do.
+func (s *EpochStore) Forget(volume string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.mu.cache, volume)
+	if err := os.Remove(s.path(volume)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("replication: forget epoch: %w", err)
+	}
+	return syncDir(s.dir)
+}
