@@ -1,6 +1,8 @@
 package iscsi
 
 import (
+	"slices"
+
 	"stave.dev/stave/target/iscsi/login"
 	"stave.dev/stave/target/scsi"
 )
@@ -90,7 +92,8 @@ func (c *conn) sendTextChunk(h BHS) {
 
 // sendTargets appends the SendTargets answer (RFC 7143 Appendix C): every
 // target the initiator may use (All), the named one, or for an empty value
-// the session's target, each with every portal as TargetAddress.
+// the session's target, each with every portal as TargetAddress, then the
+// portals of the other nodes that serve it (Target.Peers).
 func (c *conn) sendTargets(b []byte, val string) []byte {
 	s := c.sess
 	src := c.srv.cfg.Targets
@@ -117,6 +120,11 @@ func (c *conn) sendTargets(b []byte, val string) []byte {
 		b = login.AppendText(b, login.KeyValue{Key: "TargetName", Value: t.Name})
 		for _, a := range addrs {
 			b = login.AppendText(b, login.KeyValue{Key: "TargetAddress", Value: a})
+		}
+		for _, a := range t.Peers {
+			if !slices.Contains(addrs, a) {
+				b = login.AppendText(b, login.KeyValue{Key: "TargetAddress", Value: a})
+			}
 		}
 	}
 	return b

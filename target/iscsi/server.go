@@ -44,6 +44,19 @@ type Target struct {
 	Auth *login.Auth
 	// Device executes the SCSI commands of the target.
 	Device scsi.Device
+	// PortGroup is the ALUA target port group (SPC-4 §5.11.2) of this
+	// server's ports for the target: in a cluster, one group per node.
+	// Zero means 1.
+	PortGroup uint16
+	// RelativePortBase is added to a portal's 1-based index to form the
+	// relative target port identifier of its nexuses, so that the ports
+	// of a target served by several nodes are distinct. Zero for a
+	// target served by one node.
+	RelativePortBase uint16
+	// Peers are TargetAddress values ("host:port,tpgt") of the other
+	// nodes that serve the target; SendTargets announces them after this
+	// server's own portals.
+	Peers []string
 }
 
 // allows reports whether initiator may use t. iSCSI names compare without

@@ -103,8 +103,8 @@ func (s *session) setTarget(t *Target, p *portalState) {
 		InitiatorName:      s.params.InitiatorName,
 		InitiatorPort:      fmt.Sprintf("%s,i,0x%012x", s.params.InitiatorName, s.isid[:]),
 		TargetPort:         fmt.Sprintf("%s,t,0x%04x", t.Name, p.cfg.TPGT),
-		RelativeTargetPort: uint16(p.index + 1),
-		TargetPortGroup:    1,
+		RelativeTargetPort: t.RelativePortBase + uint16(p.index+1),
+		TargetPortGroup:    max(t.PortGroup, 1),
 	}
 }
 
