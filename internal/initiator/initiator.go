@@ -305,8 +305,16 @@ func (s *Session) run(ctx context.Context, f func() error) error {
 	if err == nil || isSCSI(err) {
 		return err
 	}
-	if ctx.Err() != nil && (cancelled || errors.Is(err, os.ErrDeadlineExceeded)) {
-		err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+	if cancelled || errors.Is(err, os.ErrDeadlineExceeded) {
+		cause := ctx.Err()
+		if _, ok := ctx.Deadline(); ok && cause == nil {
+			// The connection's deadline is the context's: it can fire a
+			// moment before the context's own timer.
+			cause = context.DeadlineExceeded
+		}
+		if cause != nil {
+			err = fmt.Errorf("%w (%w)", cause, err)
+		}
 	}
 	s.broken = fmt.Errorf("%w: %w", ErrBroken, err)
 	s.Abort()
