@@ -100,15 +100,18 @@ bench: deps build
 bench-pool: deps build
 	$(GO) run ./tools/bench -layouts 1+0,2+1,4+2 -stave-bin $(BIN) -out docs/benchmarks.md $(BENCH_ARGS)
 
-# package builds the .deb with nfpm (pinned: later versions do not build from the module proxy).
+# package builds the static binary as BIN and the .deb with nfpm into DIST (pinned: later
+# versions do not build from the module proxy). tests/e2e/package_test.go runs this target
+# with BIN and DIST in a scratch directory, then installs the .deb with dpkg.
 NFPM        ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
 PKG_VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null) && echo "$${v#v}" | sed 's/-\([0-9]*\)-g/+\1.g/' || echo 0.0.0~git$$(git rev-parse --short HEAD))
 PKG_ARCH    ?= $(shell $(GO) env GOARCH)
+DIST        ?= dist
 package:
-	rm -rf dist && mkdir -p dist
+	rm -rf $(DIST) && mkdir -p $(DIST)
 	CGO_ENABLED=0 GOOS=linux GOARCH=$(PKG_ARCH) $(GO) build -trimpath -ldflags=-s -o $(BIN) ./cmd/stave
-	STAVE_VERSION=$(PKG_VERSION) GOARCH=$(PKG_ARCH) $(NFPM) pkg --packager deb --config packaging/nfpm.yaml --target dist/
-	dpkg-deb -c dist/stave_*.deb
+	STAVE_BIN=$(BIN) STAVE_VERSION=$(PKG_VERSION) GOARCH=$(PKG_ARCH) $(NFPM) pkg --packager deb --config packaging/nfpm.yaml --target $(DIST)/
+	dpkg-deb -c $(DIST)/stave_*.deb
 
 clean:
 	rm -rf bin dist

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"stave.dev/stave/internal/logkey"
+	"stave.dev/stave/internal/volume"
 )
 
 // Sentinel errors.
@@ -40,13 +41,15 @@ var (
 // timeout only delays start-up, so it is short (etcd requires at least
 // five heartbeats). Members of a multi-member cluster talk over the
 // network and must not call elections on a scheduling hiccup or a busy
-// disk: 100 ms heartbeats and a 1 s election timeout (etcd's own
-// defaults), so a dead leader is replaced in about 1-2 s.
+// disk, yet a dead leader delays the expiry of every lease it held (the
+// new leader extends them by about an election timeout), which is what
+// a replicated volume's failover waits for: 50 ms heartbeats and a
+// 600 ms election timeout, so a dead leader is replaced in about 0.6-1.2 s.
 const (
 	embeddedTickMs     = 50
 	embeddedElectionMs = 250
-	clusterTickMs      = 100
-	clusterElectionMs  = 1000
+	clusterTickMs      = 50
+	clusterElectionMs  = 600
 	// clusterToken is the initial-cluster-token of the clusters Stave
 	// bootstraps from a static initial cluster.
 	clusterToken = "stave"
@@ -104,6 +107,8 @@ type Cluster struct {
 	clientURLs []string
 	memberID   uint64      // the embedded member's ID; 0: external
 	closing    atomic.Bool // quiets etcd's logs while it stops
+	// createOps adds operations to a volume create (SetCreateOps).
+	createOps func(*volume.Spec) []clientv3.Op
 }
 
 // Open starts the embedded member (or connects to Config.Endpoints) and

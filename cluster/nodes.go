@@ -55,6 +55,10 @@ type NodeInfo struct {
 	Host string `json:"host"`
 	// Portals are the iSCSI portals the node advertises, HOST:PORT.
 	Portals []string `json:"portals"`
+	// Replication is the address other nodes dial to send it the writes
+	// of the replicated volumes it holds (replication.advertise or
+	// .listen); empty: it holds no replicas.
+	Replication string `json:"replication,omitempty"`
 	// Admin is the admin API address: the TCP listener when there is one
 	// (http(s)://HOST:PORT), else unix:PATH (local callers only).
 	Admin string `json:"admin,omitempty"`

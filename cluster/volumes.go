@@ -28,6 +28,15 @@ func (c *Cluster) Volumes() *VolumeStore {
 	return &VolumeStore{c: c, log: c.log}
 }
 
+// SetCreateOps sets a function whose operations run in the transaction
+// that creates a volume's spec (e.g. the initial ownership record of a
+// replicated volume, package cluster/owner). Call it before volumes are
+// created.
+func (c *Cluster) SetCreateOps(fn func(*volume.Spec) []clientv3.Op) { c.createOps = fn }
+
+// volumeKeys is the prefix of every key of the named volume.
+func volumeKeys(name string) string { return volumesPrefix + name + "/" }
+
 // decode parses a spec value; a bad one is logged and skipped.
 func (v *VolumeStore) decode(key string, val []byte) (*volume.Spec, bool) {
 	s := new(volume.Spec)
@@ -70,8 +79,12 @@ func (v *VolumeStore) Create(ctx context.Context, s *volume.Spec) (int64, error)
 		return 0, fmt.Errorf("cluster: %w", err)
 	}
 	k := VolumeSpecKey(s.Name)
+	ops := []clientv3.Op{clientv3.OpPut(k, string(b))}
+	if v.c.createOps != nil {
+		ops = append(ops, v.c.createOps(s)...)
+	}
 	resp, err := v.c.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
-		Then(clientv3.OpPut(k, string(b))).Commit()
+		Then(ops...).Commit()
 	if err != nil {
 		return 0, fmt.Errorf("%w: creating volume %q: %v", ErrUnavailable, s.Name, err)
 	}
@@ -102,12 +115,12 @@ func (v *VolumeStore) Update(ctx context.Context, s *volume.Spec, modRev int64) 
 	return resp.Header.Revision, nil
 }
 
-// Delete implements volume.Store: the spec, status and reservations go
-// in one transaction.
+// Delete implements volume.Store: the spec, status, ownership and
+// reservations go in one transaction.
 func (v *VolumeStore) Delete(ctx context.Context, name string, modRev int64) error {
 	k := VolumeSpecKey(name)
 	resp, err := v.c.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", modRev)).
-		Then(clientv3.OpDelete(k), clientv3.OpDelete(VolumeStatusKey(name)), clientv3.OpDelete(ReservationKey(name))).
+		Then(clientv3.OpDelete(volumeKeys(name), clientv3.WithPrefix()), clientv3.OpDelete(ReservationKey(name))).
 		Else(clientv3.OpGet(k, clientv3.WithCountOnly())).Commit()
 	if err != nil {
 		return fmt.Errorf("%w: deleting volume %q: %v", ErrUnavailable, name, err)
@@ -183,7 +196,7 @@ func (c *Cluster) PutVolumeStatus(ctx context.Context, name string, st VolumeSta
 // spec exists, so a volume that moved to another node keeps its state.
 func (c *Cluster) ForgetVolume(ctx context.Context, name string) error {
 	_, err := c.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(VolumeSpecKey(name)), "=", 0)).
-		Then(clientv3.OpDelete(VolumeStatusKey(name)), clientv3.OpDelete(ReservationKey(name))).Commit()
+		Then(clientv3.OpDelete(volumeKeys(name), clientv3.WithPrefix()), clientv3.OpDelete(ReservationKey(name))).Commit()
 	if err != nil {
 		return fmt.Errorf("%w: forgetting volume %q: %v", ErrUnavailable, name, err)
 	}

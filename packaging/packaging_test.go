@@ -125,14 +125,14 @@ func TestUnitMatchesPackage(t *testing.T) {
 		dsts[ct.Dst] = ct
 		if ct.Src != "" {
 			if _, err := os.Stat(filepath.Join("..", ct.Src)); err != nil {
-				if ct.Src == "bin/stave" && errors.Is(err, os.ErrNotExist) {
-					continue // built by `make package`
+				if ct.Src == "${STAVE_BIN}" {
+					continue // built by `make package`, which sets $STAVE_BIN
 				}
 				t.Errorf("nfpm.yaml src %s: %v", ct.Src, err)
 			}
 		}
 	}
-	for dst, src := range map[string]string{binary: "bin/stave", configFile: "packaging/stave.yaml",
+	for dst, src := range map[string]string{binary: "${STAVE_BIN}", configFile: "packaging/stave.yaml",
 		"/usr/lib/systemd/system/stave.service": "packaging/" + unitPath} {
 		if dsts[dst].Src != src {
 			t.Errorf("nfpm.yaml installs %q as %s, want %s", dsts[dst].Src, dst, src)
@@ -275,12 +275,29 @@ func TestKubernetesManifests(t *testing.T) {
 	if !slices.Equal(args, []any{"serve", "--config", configFile}) {
 		t.Errorf("args %v", args)
 	}
-	if get(t, ctr, "readinessProbe") == nil {
-		t.Error("no readinessProbe")
-	}
-	probe, _ := get(t, ctr, "readinessProbe", "exec", "command").([]any)
-	if !slices.Contains(probe, any(c.API)) {
-		t.Errorf("readiness probe %v does not use the API %s", probe, c.API)
+	// Startup and readiness follow the daemon's /readyz (`stave health
+	// --ready`), liveness its /healthz (`stave health`), through the
+	// configured API socket. cmd/stave's TestHealthAgainstDaemon runs
+	// these commands against a daemon.
+	for kind, ready := range map[string]bool{"startupProbe": true, "readinessProbe": true, "livenessProbe": false} {
+		if get(t, ctr, kind) == nil {
+			t.Errorf("no %s", kind)
+			continue
+		}
+		probe, _ := get(t, ctr, kind, "exec", "command").([]any)
+		var args []string
+		for _, a := range probe {
+			s, _ := a.(string)
+			args = append(args, s)
+		}
+		i := slices.Index(args, "--api")
+		if len(args) < 2 || args[0] != binary || i < 0 || i+1 >= len(args) || args[i+1] != c.API {
+			t.Errorf("%s %q: want %s --api %s health ...", kind, args, binary, c.API)
+		}
+		if !slices.Contains(args, "health") || slices.Contains(args, "--ready") != ready {
+			t.Errorf("%s %q: want `stave health` with --ready %v (/readyz for startup and readiness, /healthz for liveness)",
+				kind, args, ready)
+		}
 	}
 	mounts := map[string]string{} // mountPath → volume
 	for _, m := range get(t, ctr, "volumeMounts").([]any) {

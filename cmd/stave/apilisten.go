@@ -7,17 +7,20 @@ import (
 	"net"
 	"strconv"
 
+	"stave.dev/stave/cluster"
 	"stave.dev/stave/internal/adminapi"
 	"stave.dev/stave/internal/config"
 	"stave.dev/stave/internal/logkey"
+	"stave.dev/stave/internal/volume"
 	"stave.dev/stave/target/iscsi"
 )
 
 // setupAPI wires what the admin API needs beyond the catalogue, before it
 // serves:
 //
-//  1. How initiators reach the node (`stave k8s`): the advertised portals
-//     and the discovery CHAP.
+//  1. How initiators reach a volume (`stave k8s`): the advertised portals
+//     of every node that holds it, read from etcd (cl) with this node's
+//     (self) own as the fallback, and the discovery CHAP.
 //  2. The readiness checks of /readyz: "portals" (every configured
 //     portal is bound) and "pool" (a pool the node has is open); the API
 //     adds "volumes" itself. The cluster store adds its own check with
@@ -25,12 +28,23 @@ import (
 //  3. The TCP listener of http.listen, with its bearer token and/or
 //     mutual TLS. It is bound here, so that a bad address, an unreadable
 //     certificate or a token file others can read stop the start-up.
-func setupAPI(log *slog.Logger, cfg *config.Config, api *adminapi.Server, srv *iscsi.Server, ph *poolHost) error {
+func setupAPI(log *slog.Logger, cfg *config.Config, api *adminapi.Server, srv *iscsi.Server, ph *poolHost,
+	cl *cluster.Cluster, cat *volume.Catalog, self string) error {
 	portals := advertisedPortals(cfg, srv.Addrs())
 	n := adminapi.NodeConfig{
-		// TODO(cluster): every node that serves the volume, the owner's
-		// portals first, from the cluster's placement.
-		Portals: func(string) []string { return portals },
+		// Every node that holds the volume, the serving node's portals
+		// first, from the node records in etcd (portals.go).
+		Portals: func(name string) []string {
+			sp, err := cat.Get(name)
+			if err != nil {
+				return portals // deleted since the API looked it up
+			}
+			// NB: NodeConfig.Portals takes no context; the lookup is
+			// bounded instead.
+			ctx, cancel := context.WithTimeout(context.Background(), portalLookupTimeout)
+			defer cancel()
+			return volumePortals(ctx, log, cl, sp, self, portals)
+		},
 	}
 	if d := cfg.DiscoveryCHAP; d != nil {
 		n.DiscoveryCHAP = &adminapi.DiscoveryCHAP{User: d.User, Secret: d.Secret}

@@ -93,6 +93,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 							&cli.StringFlag{Name: "mutual-chap", Usage: "target's CHAP credentials `USER:SECRET` for mutual CHAP"},
 							&cli.IntFlag{Name: "block-size", Value: volume.DefaultBlockSize, Usage: "logical block size in `BYTES`: 512 or 4096"},
 							&cli.StringFlag{Name: "policy", Usage: "erasure-coding `K+M` of a pool volume, e.g. 2+1 (default: from the pool's device count)"},
+							&cli.IntFlag{Name: "replicas", Usage: "keep a copy on `N` nodes (1 to 3); above 1 the volume survives the loss of its serving node"},
 						},
 						Action: volumeCreate,
 					},
@@ -113,6 +114,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			snapshotCommand(),
 			poolCommand(),
 			nodeCommand(),
+			healthCommand(), // health.go
 			k8sCommand(),
 			completionCommand(),
 			{
@@ -205,7 +207,7 @@ func volumeCreate(c *cli.Context) error {
 		return fmt.Errorf("--size: %w", err)
 	}
 	req := adminapi.CreateRequest{Name: name, Size: size, BlockSize: c.Int("block-size"), ACL: c.StringSlice("allow"),
-		Policy: c.String("policy")}
+		Policy: c.String("policy"), Replicas: c.Int("replicas")}
 	if s := c.String("chap"); s != "" {
 		u, p, err := parseCred("chap", s)
 		if err != nil {
@@ -242,8 +244,11 @@ func volumeCreate(c *cli.Context) error {
 		return writeJSON(c.App.Writer, v)
 	}
 	where := "in a sparse file"
-	if v.Backend == volume.BackendPool {
+	switch {
+	case v.Backend == volume.BackendPool:
 		where = "in the pool, policy " + v.Policy
+	case v.Replication != nil:
+		where = fmt.Sprintf("%d replicas, on nodes %s", len(v.Replication.Replicas), strings.Join(v.Replication.Replicas, ", "))
 	}
 	fmt.Fprintf(c.App.Writer, "created volume %s (%s, %s), target %s LUN %d\n", v.Name, formatSize(v.Size), where, v.Target, v.LUN)
 	return nil
@@ -312,7 +317,7 @@ func volumeShow(c *cli.Context) error {
 			}
 		}
 		tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-		for _, kv := range [][2]string{
+		rows := [][2]string{
 			{"Name", v.Name},
 			{"Target", v.Target},
 			{"LUN", strconv.Itoa(v.LUN)},
@@ -328,7 +333,31 @@ func volumeShow(c *cli.Context) error {
 			{"CHAP", chap},
 			{"Sessions", strconv.Itoa(v.Sessions)},
 			{"Exported", exportedText(v.Exported)},
-		} {
+		}
+		if r := v.Replication; r != nil {
+			owner := r.Owner
+			if owner == "" {
+				owner = "none (ownership moving)"
+			}
+			rows = append(rows, [][2]string{
+				{"Replicas", strings.Join(r.Replicas, ", ")},
+				{"Owner", owner},
+				{"Epoch", strconv.FormatUint(r.Epoch, 10)},
+				{"In sync", strings.Join(r.ISR, ", ")},
+			}...)
+			if r.State != "" {
+				rows = append(rows, [2]string{"This node", r.State})
+			}
+			for _, p := range r.Resync {
+				pct := 0.0
+				if p.Total > 0 {
+					pct = 100 * float64(p.Regions) / float64(p.Total)
+				}
+				rows = append(rows, [2]string{"Resync " + p.Node, fmt.Sprintf("%.0f%% (%d of %d regions compared, %d sent, %s)",
+					pct, p.Regions, p.Total, p.Sent, formatSize(p.Bytes))})
+			}
+		}
+		for _, kv := range rows {
 			if kv[0] == "Backend" && v.Origin != "" {
 				kv[1] += ", clone of " + v.Origin
 			}
@@ -342,6 +371,9 @@ func volumeShow(c *cli.Context) error {
 func backendText(v adminapi.Volume) string {
 	if v.Backend == volume.BackendPool {
 		return "pool " + v.Policy
+	}
+	if v.Replication != nil {
+		return fmt.Sprintf("replicated x%d", len(v.Replication.Replicas))
 	}
 	return volume.BackendFile
 }

@@ -27,7 +27,8 @@ type exported struct {
 	dev    scsi.BlockDevice
 	close  func() error // releases dev; nil for pool volumes, which the pool owns
 	lu     *scsi.LU
-	target *iscsi.Target // replaced (not changed) when the ACL or CHAP change
+	target *iscsi.Target // replaced (not changed) when the ACL, CHAP or peers change
+	rep    *replica      // this node's part of a replicated volume; nil otherwise
 }
 
 // release closes the backing file of a file volume.
@@ -52,6 +53,12 @@ type exporter struct {
 	cl   *cluster.Cluster // reservations and status; nil in tests without etcd
 	node string           // this node's ID
 	kick chan struct{}    // asks the reconcile loop for a pass; capacity 1
+	// reps runs the replicated volumes this node holds; nil when the node
+	// has no replication listener (it then holds no replicas).
+	reps *replicaHost
+	// life is the daemon's context: replicated volumes' drivers run
+	// under it (requests that export them end sooner).
+	life context.Context
 
 	opMu sync.Mutex
 	// Owned by opMu holders.
@@ -74,7 +81,7 @@ var (
 )
 
 func newExporter(log *slog.Logger, cat *volume.Catalog, ph *poolHost, cl *cluster.Cluster, node string) *exporter {
-	e := &exporter{log: log, cat: cat, pool: ph, cl: cl, node: node, kick: make(chan struct{}, 1),
+	e := &exporter{log: log, cat: cat, pool: ph, cl: cl, node: node, kick: make(chan struct{}, 1), life: context.Background(),
 		held: make(map[string]bool), failed: make(map[string]string), status: make(map[string]volumeStatus)}
 	e.mu.byIQ = make(map[string]*exported)
 	return e
@@ -128,13 +135,25 @@ func (e *exporter) exportLocked(ctx context.Context, s *volume.Spec) error {
 	// it reports physical = logical; the pool's block is 4 KiB (smaller
 	// writes are read-modify-write).
 	physical := s.BlockSize
-	if s.InPool() {
+	var ports scsi.PortState
+	switch {
+	case s.Replicated():
+		if e.reps == nil {
+			return fmt.Errorf("stave: volume %s is replicated onto this node, which has no replication listener: set replication.listen (--replication-listen)", s.Name)
+		}
+		rep, err := e.reps.openReplica(e.life, s, e.cat.Dir(s.Name))
+		if err != nil {
+			return err
+		}
+		x.dev, x.close, x.rep, ports = rep.dev, rep.close, rep, rep.alua
+		physical = max(4096, s.BlockSize)
+	case s.InPool():
 		v, err := e.pool.volume(s.Name)
 		if err != nil {
 			return err
 		}
 		x.dev, physical = v, max(4096, s.BlockSize)
-	} else {
+	default:
 		fd, err := filedev.Open(e.cat.DataPath(s.Name))
 		if err != nil {
 			return err
@@ -174,6 +193,10 @@ func (e *exporter) exportLocked(ctx context.Context, s *volume.Spec) error {
 		Serial:            s.Serial,
 		NAA:               naa,
 		Reservations:      rs,
+		Ports:             ports,
+		// Every holder of a replicated volume serves one logical unit:
+		// its reservations are the cluster's, not reset by this start.
+		ResumeReservations: s.Replicated(),
 	})
 	if err != nil {
 		_ = x.release()
@@ -182,6 +205,10 @@ func (e *exporter) exportLocked(ctx context.Context, s *volume.Spec) error {
 	x.lu = lu
 	tgt := scsi.NewTarget(scsi.TargetConfig{Logger: log, LUNs: map[uint64]*scsi.LU{0: lu}})
 	x.target = newTarget(s, tgt)
+	if x.rep != nil {
+		x.rep.setLU(lu)
+		x.target.PortGroup, x.target.RelativePortBase, x.target.Peers = x.rep.group, x.rep.group<<8, x.rep.peers()
+	}
 	e.mu.Lock()
 	e.mu.byIQ[iqn] = x
 	e.mu.Unlock()
@@ -206,8 +233,13 @@ func newTarget(s *volume.Spec, dev scsi.Device) *iscsi.Target {
 // HAS CHANGED.
 // REQUIRES: e.opMu held.
 func (e *exporter) updateLocked(ctx context.Context, x *exported, s *volume.Spec) error {
-	if !slices.Equal(x.spec.ACL, s.ACL) || !reflect.DeepEqual(x.spec.CHAP, s.CHAP) {
+	var peers []string
+	if x.rep != nil {
+		peers = x.rep.peers()
+	}
+	if !slices.Equal(x.spec.ACL, s.ACL) || !reflect.DeepEqual(x.spec.CHAP, s.CHAP) || !slices.Equal(x.target.Peers, peers) {
 		nt := newTarget(s, x.target.Device)
+		nt.PortGroup, nt.RelativePortBase, nt.Peers = x.target.PortGroup, x.target.RelativePortBase, peers
 		e.mu.Lock()
 		x.target = nt
 		e.mu.Unlock()
@@ -236,6 +268,9 @@ type poolResizer interface {
 // grow extends a volume's backing store to size bytes.
 func (e *exporter) grow(ctx context.Context, x *exported, size int64) error {
 	switch d := x.dev.(type) {
+	case *replicaDevice:
+		return fmt.Errorf("%w: replicated volumes cannot grow yet: volume %q keeps %d bytes",
+			adminapi.ErrUnsupported, x.spec.Name, x.dev.Size())
 	case *filedev.Device:
 		if err := d.Grow(size); err != nil {
 			return fmt.Errorf("stave: growing volume %s: %w", x.spec.Name, err)
@@ -264,6 +299,9 @@ func (e *exporter) grow(ctx context.Context, x *exported, size int64) error {
 // CheckResize reports whether the volume's storage can grow here: a pool
 // volume needs a pool with online grow.
 func (e *exporter) CheckResize(s *volume.Spec) error {
+	if s.Replicated() {
+		return fmt.Errorf("%w: replicated volumes cannot grow yet: volume %q keeps its size", adminapi.ErrUnsupported, s.Name)
+	}
 	if !s.InPool() {
 		return nil
 	}

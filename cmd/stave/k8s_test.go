@@ -2,16 +2,21 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.yaml.in/yaml/v3"
 
+	"stave.dev/stave/cluster"
 	"stave.dev/stave/internal/adminapi"
 	"stave.dev/stave/internal/volume"
 )
@@ -214,4 +219,104 @@ func TestK8sAgainstDaemon(t *testing.T) {
 	d.wantFail(`no volume named "nope"`, "k8s", "pv", "nope")
 	d.wantFail("missing VOLUME", "k8s", "pv")
 	d.wantFail("bad size", "k8s", "pv", "open", "--capacity", "1XB")
+}
+
+// TestK8sPortalsFromEtcd checks that `stave k8s pv` lists the portals of
+// every node that holds a volume, read from the node records in etcd,
+// the serving node's first: a record of another node, "other", and the
+// volume's spec are written into the in-process daemon's etcd.
+func TestK8sPortalsFromEtcd(t *testing.T) {
+	d := newDaemon(t)
+	d.mustCLI("volume", "create", "kv", "--size", "1MiB")
+	var self adminapi.Node
+	if err := json.Unmarshal([]byte(d.mustCLI("node", "show", "-o", "json")), &self); err != nil || len(self.EtcdClientURLs) == 0 {
+		t.Fatalf("node show: %+v %v", self, err)
+	}
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: self.EtcdClientURLs, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer etcd.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	const other, otherPortal = "00000000000000ff", "192.0.2.7:3260"
+	rec, err := json.Marshal(cluster.NodeInfo{ID: other, Name: "other", Host: "other",
+		Portals: []string{"[::]:3260", otherPortal}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := etcd.Put(ctx, cluster.RegistrationKey(other), string(rec)); err != nil {
+		t.Fatal(err)
+	}
+	// setSpec rewrites kv's spec in etcd with node and replicas.
+	setSpec := func(node string, replicas []string) {
+		t.Helper()
+		resp, err := etcd.Get(ctx, cluster.VolumeSpecKey("kv"))
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("reading kv's spec: %v", err)
+		}
+		var sp volume.Spec
+		if err := json.Unmarshal(resp.Kvs[0].Value, &sp); err != nil {
+			t.Fatal(err)
+		}
+		sp.Node, sp.Replicas = node, replicas
+		b, err := json.Marshal(&sp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := etcd.Put(ctx, cluster.VolumeSpecKey("kv"), string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// setStatus writes kv's status naming its serving node.
+	setStatus := func(node string) {
+		t.Helper()
+		b, err := json.Marshal(cluster.VolumeStatus{Node: node, Exported: true, Size: 1 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := etcd.Put(ctx, cluster.VolumeStatusKey("kv"), string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// wantPV polls `stave k8s pv kv` (the daemon's catalogue follows etcd
+	// through a watch) until it names these portals.
+	wantPV := func(what, target string, portals ...string) {
+		t.Helper()
+		for {
+			var pv k8sPV
+			out := d.mustCLI("k8s", "pv", "kv", "-o", "json")
+			if err := json.Unmarshal([]byte(out), &pv); err != nil {
+				t.Fatal(err)
+			}
+			src := pv.Spec.ISCSI
+			if src.TargetPortal == target && slices.Equal(src.Portals, portals) {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatalf("%s: targetPortal %s portals %q, want %s and %q", what, src.TargetPortal, src.Portals, target, portals)
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+
+	const own = "10.0.2.2:3260" // the daemon's --advertise
+	wantPV("kv on this node", own)
+	// On the other node: its portal from its record, the wildcard dropped.
+	setSpec(other, nil)
+	wantPV("kv on the other node", otherPortal)
+	// Replicated on both, other first in placement order; the status
+	// names the serving node, which comes first.
+	setStatus(other)
+	setSpec(other, []string{other, self.ID})
+	wantPV("kv replicated, served by the other node", otherPortal, own)
+	setStatus(self.ID)
+	wantPV("kv replicated, served by this node", own, otherPortal)
+	// No status: the first replica's portals first.
+	if _, err := etcd.Delete(ctx, cluster.VolumeStatusKey("kv")); err != nil {
+		t.Fatal(err)
+	}
+	wantPV("kv replicated, no status", otherPortal, own)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"stave.dev/stave/cluster"
@@ -24,9 +25,24 @@ type volumeStatus struct {
 	err      string
 }
 
-// mine reports whether this node serves the volume. Specs written before
-// etcd name no node and belong to the node whose data dir held them.
-func (e *exporter) mine(s *volume.Spec) bool { return s.Node == "" || s.Node == e.node }
+// mine reports whether this node serves the volume: its spec names this
+// node, or no node (specs written before etcd belong to the node whose
+// data dir held them), or this node holds one of its replicas.
+func (e *exporter) mine(s *volume.Spec) bool {
+	return s.Node == "" || s.Node == e.node || slices.Contains(s.Replicas, e.node)
+}
+
+// reportsStatus reports whether this node writes the volume's status: the
+// node that serves it, which for a replicated volume is its current owner.
+func (e *exporter) reportsStatus(s *volume.Spec) bool {
+	if !s.Replicated() {
+		return true
+	}
+	e.mu.RLock()
+	x := e.mu.byIQ[s.TargetName()]
+	e.mu.RUnlock()
+	return x != nil && x.rep != nil && x.rep.serving()
+}
 
 // poke asks the reconcile loop for a pass (coalesced).
 func (e *exporter) poke() {
@@ -86,14 +102,27 @@ func (e *exporter) pass(ctx context.Context) {
 	}
 	e.mu.RLock()
 	var gone []string
+	var dropData []*volume.Spec // replicated volumes whose copy here goes with them
 	for _, x := range e.mu.byIQ {
 		if s, ok := want[x.spec.Name]; !ok || s.UUID != x.spec.UUID {
 			gone = append(gone, x.spec.Name)
+			if x.rep != nil {
+				if cur, err := e.cat.Get(x.spec.Name); err != nil || cur.UUID != x.spec.UUID {
+					dropData = append(dropData, x.spec)
+				}
+			}
 		}
 	}
 	e.mu.RUnlock()
 	for _, name := range gone {
 		e.unexportLocked(name)
+	}
+	for _, s := range dropData {
+		if err := e.reps.removeReplicaData(s, e.cat.Dir(s.Name)); err != nil {
+			e.log.Warn("replica of a deleted volume not removed", logkey.Volume, s.Name, logkey.Err, err)
+		} else {
+			e.log.Info("replica of a deleted volume removed", logkey.Volume, s.Name)
+		}
 	}
 	statuses := make(map[string]volumeStatus, len(want))
 	for _, s := range specs {
@@ -101,6 +130,10 @@ func (e *exporter) pass(ctx context.Context) {
 			continue
 		}
 		err := e.exportLocked(ctx, s)
+		if err == nil && !e.reportsStatus(s) {
+			delete(e.failed, s.Name)
+			continue
+		}
 		st := volumeStatus{exported: e.Exported(s.Name), size: s.Size}
 		if err != nil {
 			st.err = err.Error()

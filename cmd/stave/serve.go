@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,14 +14,18 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
+	"stave.dev/stave/cluster"
+	"stave.dev/stave/cluster/owner"
 	"stave.dev/stave/internal/adminapi"
 	"stave.dev/stave/internal/config"
 	"stave.dev/stave/internal/logkey"
 	"stave.dev/stave/internal/sdnotify"
 	"stave.dev/stave/internal/volume"
+	"stave.dev/stave/replication"
 	"stave.dev/stave/target/iscsi"
 	"stave.dev/stave/target/iscsi/login"
 )
@@ -198,7 +203,32 @@ func serveAction(c *cli.Context) error {
 	// pool, after the iSCSI server has drained and the API has stopped.
 	defer ph.close()
 	exp := newExporter(log.With(logkey.Component, "export"), cat, ph, cl, nodeID)
+	exp.life = ctx
 	defer exp.closeAll()
+	if err := reg.Register(newReplicationMetrics(exp)); err != nil {
+		return err
+	}
+	// Replicated volumes: the initial ownership record is created with the
+	// spec; a node with a replication listener holds replicas.
+	cl.SetCreateOps(func(s *volume.Spec) []clientv3.Op {
+		if !s.Replicated() {
+			return nil
+		}
+		return owner.InitOps(s.Name, s.Replicas)
+	})
+	var repLn net.Listener
+	if cfg.Replication.Listen != "" {
+		reps, err := newReplicaHost(log.With(logkey.Component, "replica"), nodeID, cl, filepath.Join(o.dataDir, "epochs"), cfg.Replication.LeaseTTL)
+		if err != nil {
+			return err
+		}
+		reps.nports = len(o.portals)
+		exp.reps = reps
+		if repLn, err = net.Listen("tcp", cfg.Replication.Listen); err != nil {
+			return fmt.Errorf("replication.listen: %w", err)
+		}
+		defer repLn.Close() // after Serve, a no-op
+	}
 	// The first reconcile pass exports this node's volumes before the
 	// portals open; the loop started below keeps them in step with etcd.
 	exp.pass(ctx)
@@ -222,12 +252,13 @@ func serveAction(c *cli.Context) error {
 		return err
 	}
 	api, err := adminapi.New(adminapi.Config{
-		Logger:   log.With(logkey.Component, "adminapi"),
-		Volumes:  cat,
-		Targets:  exp,
-		Version:  versionString(),
-		Registry: reg,
-		Pool:     ph,
+		Logger:    log.With(logkey.Component, "adminapi"),
+		Volumes:   cat,
+		Targets:   exp,
+		Version:   versionString(),
+		Registry:  reg,
+		Pool:      ph,
+		Placement: clusterPlacement{cl: cl},
 	})
 	if err != nil {
 		// Serve with a done context closes the portals' listeners.
@@ -236,7 +267,7 @@ func serveAction(c *cli.Context) error {
 		_ = srv.Serve(cctx)
 		return err
 	}
-	if err := setupAPI(log, cfg, api, srv, ph); err != nil { // apilisten.go: portals, readiness, TCP listener
+	if err := setupAPI(log, cfg, api, srv, ph, cl, cat, nodeID); err != nil { // apilisten.go: portals, readiness, TCP listener
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
 		_ = srv.Serve(cctx)
@@ -273,7 +304,31 @@ func serveAction(c *cli.Context) error {
 	g.Go(func() error { return api.Serve(gctx, ln) })
 	g.Go(func() error { return cat.Run(gctx) })
 	g.Go(func() error { return exp.reconcile(gctx) })
-	g.Go(func() error { return cl.RunNode(gctx, nodeRecord(cfg, cl, ph, nodeID, addrs), nodeRefresh) }) // nodecmd.go
+	if repLn != nil {
+		rs := replication.NewServer(replication.ServerConfig{Logger: log.With(logkey.Component, "replication"),
+			Node: nodeID, Epochs: exp.reps.epochs, Lookup: exp.reps.lookup})
+		g.Go(func() error { return rs.Serve(gctx, repLn) })
+	}
+	// The node record names the portals initiators can be told (other
+	// nodes announce them in SendTargets), else the bound addresses.
+	recPortals := advertisedPortals(cfg, srv.Addrs())
+	if len(recPortals) == 0 {
+		recPortals = addrs
+	}
+	rec := nodeRecord(cfg, cl, ph, nodeID, recPortals)
+	if repLn != nil {
+		repAddr := cfg.Replication.Advertise
+		if repAddr == "" {
+			repAddr = repLn.Addr().String()
+		}
+		base := rec
+		rec = func() cluster.NodeInfo {
+			n := base()
+			n.Replication = repAddr
+			return n
+		}
+	}
+	g.Go(func() error { return cl.RunNode(gctx, rec, nodeRefresh) }) // nodecmd.go
 	err = g.Wait()
 	notifyStopping() // sent before serve returns, whichever runs first
 	log.Info("stave stopped")

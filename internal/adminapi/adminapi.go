@@ -56,6 +56,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -124,6 +125,47 @@ type Volume struct {
 	Policy string `json:"policy,omitempty"`
 	// Origin is "VOLUME@SNAPSHOT" for a clone.
 	Origin string `json:"origin,omitempty"`
+	// Replication is the state of a replicated volume; nil otherwise.
+	Replication *Replication `json:"replication,omitempty"`
+}
+
+// Replication is the replica state of a replicated volume.
+type Replication struct {
+	// Replicas are the nodes that hold a copy, the preferred owner first.
+	Replicas []string `json:"replicas"`
+	// Owner is the node that serves the volume now; empty while the
+	// ownership moves.
+	Owner string `json:"owner,omitempty"`
+	// Epoch is the ownership epoch: it grows with every change of owner.
+	Epoch uint64 `json:"epoch"`
+	// ISR is the in-sync replica set (the owner included): the nodes that
+	// have every acknowledged write.
+	ISR []string `json:"isr"`
+	// State is this node's role: follower, claiming, reconciling,
+	// serving or fenced; empty when this node holds no copy.
+	State string `json:"state,omitempty"`
+	// Resync lists the replicas being brought back into the ISR, with
+	// their progress, as the owner reports it.
+	Resync []ResyncStatus `json:"resync,omitempty"`
+}
+
+// ResyncStatus is the progress of one replica's resync.
+type ResyncStatus struct {
+	Node string `json:"node"`
+	// Regions is the number of regions compared so far, of Total.
+	Regions int64 `json:"regions"`
+	Total   int64 `json:"total"`
+	// Sent is the number of regions whose content differed and was sent.
+	Sent int64 `json:"sent"`
+	// Bytes is the data sent so far.
+	Bytes int64 `json:"bytes"`
+}
+
+// ReplicaReporter may be implemented by Targets to report the state of
+// replicated volumes.
+type ReplicaReporter interface {
+	// ReplicaStatus returns the replication state of the named volume.
+	ReplicaStatus(ctx context.Context, sp *volume.Spec) (*Replication, error)
 }
 
 // Session is one iSCSI session as the API reports it.
@@ -183,6 +225,17 @@ type Config struct {
 	Version string
 	// Pool is the node's pool; nil serves the pool routes with ErrUnsupported.
 	Pool Pool
+	// Placement chooses the nodes of replicated volumes; nil refuses
+	// CreateRequest.Replicas above 1.
+	Placement Placement
+}
+
+// Placement chooses where the copies of a replicated volume live.
+type Placement interface {
+	// Place returns n distinct node IDs for a new volume of size bytes,
+	// the preferred owner first, or an error that says why it cannot
+	// (too few nodes that can hold replicas).
+	Place(ctx context.Context, n int, size int64) ([]string, error)
 }
 
 // Server serves the admin API. It is safe for concurrent use.
@@ -193,8 +246,10 @@ type Server struct {
 	reg     *prometheus.Registry
 	version string
 	pool    Pool
-	ops     *ops
-	mux     *http.ServeMux
+	// placement chooses replica nodes; nil: no replicated volumes.
+	placement Placement
+	ops       *ops
+	mux       *http.ServeMux
 
 	requests *prometheus.CounterVec
 
@@ -222,7 +277,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("adminapi: Config.Volumes and Config.Targets are required")
 	}
 	s := &Server{log: cfg.Logger, vols: cfg.Volumes, targets: cfg.Targets, reg: cfg.Registry, version: cfg.Version,
-		pool: cfg.Pool, ops: newOps(), readyTimeout: defaultReadyTimeout}
+		pool: cfg.Pool, placement: cfg.Placement, ops: newOps(), readyTimeout: defaultReadyTimeout}
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stave_admin_requests_total", Help: "Admin API requests by route and HTTP status code.",
 	}, []string{"route", "code"})
@@ -523,6 +578,10 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, req CreateReques
 	}
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
+	if req.Replicas > 1 {
+		s.createReplicated(w, r, req)
+		return
+	}
 	inPool := s.pool != nil && s.pool.Exists()
 	var pol volume.Policy
 	if inPool {
@@ -550,6 +609,42 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, req CreateReques
 	}
 	if !s.export(w, r, sp) {
 		return
+	}
+	writeJSON(w, http.StatusCreated, s.toVolume(sp, nil))
+}
+
+// createReplicated makes a volume with a copy on each of req.Replicas
+// nodes: placement, then the catalogue entry (every chosen node's
+// reconcile loop opens its copy), then the local export when this node
+// is one of them.
+// REQUIRES: s.opMu held.
+func (s *Server) createReplicated(w http.ResponseWriter, r *http.Request, req CreateRequest) {
+	if req.Policy != "" {
+		s.fail(w, "create volume", fmt.Errorf("%w: --policy applies to pool volumes; a replicated volume keeps whole copies (in files, for now): drop --policy",
+			volume.ErrInvalid))
+		return
+	}
+	if s.placement == nil {
+		s.fail(w, "create volume", fmt.Errorf("%w: this daemon cannot place replicas (no cluster)", ErrUnsupported))
+		return
+	}
+	nodes, err := s.placement.Place(r.Context(), req.Replicas, req.Size)
+	if err != nil {
+		s.fail(w, "create volume", err)
+		return
+	}
+	req.Backend, req.Nodes = volume.BackendReplicated, nodes
+	sp, err := s.vols.Create(r.Context(), req)
+	if err != nil {
+		s.fail(w, "create volume", err)
+		return
+	}
+	if s.vols.Local(sp) {
+		if !s.export(w, r, sp) {
+			return
+		}
+	} else {
+		s.vols.Settle(sp.Name) // the chosen nodes' reconcile loops open it
 	}
 	writeJSON(w, http.StatusCreated, s.toVolume(sp, nil))
 }
@@ -673,11 +768,27 @@ func (s *Server) toVolume(sp *volume.Spec, counts map[string]int) Volume {
 		v.Backend = volume.BackendFile
 	}
 	v.Allocated, _ = s.allocated(sp)
+	if sp.Replicated() {
+		v.Replication = &Replication{Replicas: sp.Replicas}
+		if rr, ok := s.targets.(ReplicaReporter); ok {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if st, err := rr.ReplicaStatus(ctx, sp); err == nil {
+				v.Replication = st
+			} else {
+				s.log.Warn("replication state of a volume unknown", logkey.Volume, sp.Name, logkey.Err, err)
+			}
+			cancel()
+		}
+	}
 	return v
 }
 
 // allocated returns the bytes a volume's data occupies.
 func (s *Server) allocated(sp *volume.Spec) (int64, bool) {
+	if sp.Replicated() {
+		n, err := filedev.Allocated(filepath.Join(s.vols.Dir(sp.Name), "replica", "data"))
+		return n, err == nil
+	}
 	if sp.InPool() {
 		if s.pool == nil {
 			return 0, false

@@ -38,6 +38,9 @@ type APIError struct {
 	StatusCode int
 	// Message says what went wrong and what to fix.
 	Message string
+	// body is the response body (for Readiness, whose 503 carries the
+	// state of every check).
+	body []byte
 }
 
 // Error returns the daemon's message.
@@ -89,7 +92,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		if json.Unmarshal(b, &eb) != nil || eb.Error == "" {
 			eb.Error = fmt.Sprintf("daemon answered %s", resp.Status)
 		}
-		return &APIError{StatusCode: resp.StatusCode, Message: eb.Error}
+		return &APIError{StatusCode: resp.StatusCode, Message: eb.Error, body: b}
 	}
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {
@@ -257,6 +260,25 @@ func (c *Client) ResizeVolume(ctx context.Context, name string, size int64) (*Vo
 		return nil, err
 	}
 	return v, nil
+}
+
+// Readiness returns the daemon's readiness with the state of every
+// check, whether it is ready (200) or not (503, Status "not ready", Error
+// listing the failing checks): unlike Ready, a daemon that is not ready
+// is no error here. An unreachable daemon or any other answer is.
+func (c *Client) Readiness(ctx context.Context) (*Readiness, error) {
+	rd := new(Readiness)
+	err := c.do(ctx, http.MethodGet, "/readyz", nil, rd)
+	var ae *APIError
+	if errors.As(err, &ae) && ae.StatusCode == http.StatusServiceUnavailable {
+		if json.Unmarshal(ae.body, rd) == nil && rd.Status != "" {
+			return rd, nil
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return rd, nil
 }
 
 // Close releases idle connections.

@@ -39,6 +39,9 @@ func CLIFlags() []cli.Flag {
 		&cli.StringFlag{Name: "join", Usage: "join the embedded etcd cluster of the node whose etcd client address is `HOST:PORT`"},
 		&cli.StringFlag{Name: "node-name", Usage: "node `NAME` (also its etcd member's name)", DefaultText: "the host name"},
 		&cli.StringSliceFlag{Name: "label", Usage: "node label `KEY=VALUE`, e.g. zone=a (repeatable; replaces the file's labels)"},
+		&cli.StringFlag{Name: "replication-listen", Usage: "receive replica writes at `HOST:PORT`; none: hold no replicas"},
+		&cli.StringFlag{Name: "replication-advertise", Usage: "address `HOST:PORT` other nodes dial for --replication-listen", DefaultText: "replication-listen"},
+		&cli.DurationFlag{Name: "owner-lease-ttl", Usage: "TTL `DURATION` of a replicated volume owner's etcd lease", DefaultText: DefaultLeaseTTL.String()},
 		&cli.DurationFlag{Name: "gc-interval", Usage: "period `DURATION` of the pool's background cleaner", DefaultText: DefaultGCInterval.String()},
 	}
 }

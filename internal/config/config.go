@@ -52,6 +52,7 @@ const (
 	DefaultLogFormat   = "text"
 	DefaultQueueDepth  = 128
 	DefaultGCInterval  = 10 * time.Second
+	DefaultLeaseTTL    = 2 * time.Second
 	MinCHAPSecret      = 12
 	MaxCHAPSecret      = 255
 	MaxQueueDepth      = 4096
@@ -98,6 +99,9 @@ type Config struct {
 	Etcd Etcd `yaml:"etcd"`
 	// This node's name and labels, shown by `stave node list`.
 	Node Node `yaml:"node"`
+	// The data path between the nodes that hold copies of replicated
+	// volumes (`volume create --replicas N`).
+	Replication Replication `yaml:"replication"`
 
 	src *source // where values came from, for error positions; may be nil
 }
@@ -220,15 +224,31 @@ type Node struct {
 	Labels map[string]string `yaml:"labels,omitempty" flag:"label" default:"none"`
 }
 
+// Replication configures replica traffic and volume ownership.
+type Replication struct {
+	// Address `HOST:PORT` on which this node receives the writes of the
+	// volumes it holds a replica of; empty: this node holds no replicas
+	// (replicated volumes are placed on other nodes).
+	Listen string `yaml:"listen,omitempty" flag:"replication-listen" default:"none"`
+	// Address other nodes dial for listen, `HOST:PORT`; needed when
+	// listen is a wildcard address.
+	Advertise string `yaml:"advertise,omitempty" flag:"replication-advertise" default:"listen"`
+	// TTL of the etcd lease by which a node owns a replicated volume. The
+	// owner stops serving before it can lapse; when the owner dies, another
+	// replica takes over about this long later.
+	LeaseTTL time.Duration `yaml:"lease_ttl" flag:"owner-lease-ttl"`
+}
+
 // Default returns the configuration used when there is no file and no
 // flag: a single node serving on [::]:3260 from ./stave-data.
 func Default() *Config {
 	return &Config{
-		DataDir: DefaultDataDir,
-		Portals: []Portal{{Listen: DefaultPortal}},
-		Log:     Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
-		ISCSI:   ISCSI{QueueDepth: DefaultQueueDepth},
-		Pool:    Pool{GCInterval: DefaultGCInterval},
+		DataDir:     DefaultDataDir,
+		Portals:     []Portal{{Listen: DefaultPortal}},
+		Log:         Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
+		ISCSI:       ISCSI{QueueDepth: DefaultQueueDepth},
+		Pool:        Pool{GCInterval: DefaultGCInterval},
+		Replication: Replication{LeaseTTL: DefaultLeaseTTL},
 	}
 }
 
@@ -378,7 +398,31 @@ func (c *Config) validate(v *validator) {
 	}
 	c.Etcd.validate(v)
 	c.Node.validate(v)
+	c.Replication.validate(v)
 	c.validateCluster(v)
+}
+
+// validate checks the replication options.
+func (r *Replication) validate(v *validator) {
+	if r.Listen != "" {
+		checkHostPort(v, "replication.listen", r.Listen, true)
+	}
+	if r.Advertise != "" {
+		if r.Listen == "" {
+			v.addf("replication.advertise", "is set but replication.listen is empty: set replication.listen (--replication-listen) too, or remove it")
+		} else {
+			checkHostPort(v, "replication.advertise", r.Advertise, false)
+		}
+	} else if r.Listen != "" {
+		if h, _, err := net.SplitHostPort(r.Listen); err == nil {
+			if ip := net.ParseIP(h); h == "" || (ip != nil && ip.IsUnspecified()) {
+				v.addf("replication.listen", "%q is a wildcard address: set replication.advertise (--replication-advertise) to the address other nodes reach this one at", r.Listen)
+			}
+		}
+	}
+	if r.LeaseTTL < 500*time.Millisecond || r.LeaseTTL > time.Minute {
+		v.addf("replication.lease_ttl", "%s: use 500ms to 1m, e.g. 2s", r.LeaseTTL)
+	}
 }
 
 // checkHTTP validates the TCP listener's options. The files themselves

@@ -80,11 +80,12 @@ pool: {scrub_rate: 50MiB, gc_interval: 1m}
 				DataDir: "/var/lib/stave",
 				Portals: []Portal{{"10.0.0.5:3260", "192.0.2.5:3260"}, {Listen: "[fe80::1%eth0]:3260"}, {Listen: "storage.example.com:3261"}},
 				API:     "unix:/run/stave/stave.sock", DiscoveryCHAP: &CHAP{"disc", "0123456789ab"},
-				Log:   Log{"debug", "json"},
-				ISCSI: ISCSI{NOPInterval: 5 * time.Second, NOPTimeout: 5 * time.Second, QueueDepth: 64},
-				HTTP:  HTTP{Listen: "127.0.0.1:9443", TokenFile: "/etc/stave/token"},
-				Pool:  Pool{ScrubRate: 50 << 20, GCInterval: time.Minute},
-				src:   c.src,
+				Log:         Log{"debug", "json"},
+				ISCSI:       ISCSI{NOPInterval: 5 * time.Second, NOPTimeout: 5 * time.Second, QueueDepth: 64},
+				HTTP:        HTTP{Listen: "127.0.0.1:9443", TokenFile: "/etc/stave/token"},
+				Pool:        Pool{ScrubRate: 50 << 20, GCInterval: time.Minute},
+				Replication: Replication{LeaseTTL: DefaultLeaseTTL},
+				src:         c.src,
 			}
 			if !reflect.DeepEqual(c, want) {
 				t.Errorf("got  %+v\nwant %+v", c, want)

@@ -113,6 +113,9 @@ func (c *Config) Merge(f Flags) error {
 	strs("etcd-listen-peer-urls", "etcd.listen_peer_urls", &c.Etcd.ListenPeerURLs)
 	strs("initial-cluster", "etcd.initial_cluster", &c.Etcd.InitialCluster)
 	str("join", "etcd.join", &c.Etcd.Join)
+	str("replication-listen", "replication.listen", &c.Replication.Listen)
+	str("replication-advertise", "replication.advertise", &c.Replication.Advertise)
+	dur("owner-lease-ttl", "replication.lease_ttl", &c.Replication.LeaseTTL)
 	str("node-name", "node.name", &c.Node.Name)
 	if f.IsSet("label") {
 		labels := map[string]string{}

@@ -74,6 +74,10 @@ func (s *Spec) Check() error {
 		if _, err := ParsePolicy(s.Policy); err != nil {
 			return fmt.Errorf("volume: %s: %w", s.Name, err)
 		}
+	case BackendReplicated:
+		if len(s.Replicas) == 0 || len(s.Replicas) > MaxReplicas || s.Node != s.Replicas[0] {
+			return fmt.Errorf("volume: %s: a replicated volume's spec needs 1 to %d replicas, the first as its node", s.Name, MaxReplicas)
+		}
 	default:
 		return fmt.Errorf("volume: %s: unknown backend %q (written by a newer stave?)", s.Name, s.Backend)
 	}
@@ -168,7 +172,7 @@ func (c *Catalog) migrate(ctx context.Context, dir, name string) error {
 func (c *Catalog) createStoredLocked(ctx context.Context, s *Spec) error {
 	final := c.Dir(s.Name)
 	made := false
-	if !s.InPool() {
+	if s.HasDataFile() {
 		if _, err := os.Lstat(final); err == nil {
 			return fmt.Errorf("%w: %s is in the way (left by an interrupted create or a deleted volume): remove it or choose another name", ErrExists, final)
 		}

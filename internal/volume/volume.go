@@ -96,7 +96,15 @@ const (
 	// BackendPool is a volume of the node's pool (package pool), which
 	// holds its blocks and snapshots.
 	BackendPool = "pool"
+	// BackendReplicated is a volume with a copy on each of several nodes
+	// (Spec.Replicas), each in DATA/volumes/<name>/replica (package
+	// replication/filestore), kept in step by the owner (package
+	// replication).
+	BackendReplicated = "replicated"
 )
+
+// MaxReplicas bounds CreateRequest.Replicas.
+const MaxReplicas = 3
 
 // Spec is what volume.json holds: a volume's identity, access rules and
 // backend.
@@ -122,7 +130,31 @@ type Spec struct {
 	// Node is the ID of the node that serves the volume (package
 	// cluster); empty in specs written before etcd, meaning this node.
 	Node string `json:"node,omitempty"`
+	// Replicas lists the nodes that hold a copy of a replicated volume,
+	// in placement order (package cluster); Node is then the first of
+	// them and the owner at any moment is in the volume's ownership
+	// record. Empty for a volume with one copy, served by Node.
+	Replicas []string `json:"replicas,omitempty"`
 }
+
+// Nodes returns the IDs of the nodes that hold the volume: Replicas, or
+// Node alone for a volume with one copy (nothing when Node is empty).
+func (s *Spec) Nodes() []string {
+	if len(s.Replicas) > 0 {
+		return append([]string(nil), s.Replicas...)
+	}
+	if s.Node == "" {
+		return nil
+	}
+	return []string{s.Node}
+}
+
+// HasDataFile reports whether the volume's data is the sparse file
+// DATA/volumes/<name>/data that the catalogue creates with the volume.
+func (s *Spec) HasDataFile() bool { return !s.InPool() && !s.Replicated() }
+
+// Replicated reports whether the volume has copies on several nodes.
+func (s *Spec) Replicated() bool { return s.Backend == BackendReplicated }
 
 // InPool reports whether the volume lives in the pool.
 func (s *Spec) InPool() bool { return s.Backend == BackendPool }
@@ -155,10 +187,17 @@ type CreateRequest struct {
 	// Policy is the erasure-coding policy "k+m" of a pool volume; empty
 	// lets the daemon choose from the pool's device count.
 	Policy string `json:"policy,omitempty"`
+	// Replicas is the number of nodes that hold a copy, 1 (default when
+	// zero) to MaxReplicas. More than one makes a replicated volume.
+	Replicas int `json:"replicas,omitempty"`
 
-	// Backend is BackendFile (also when empty) or BackendPool. The daemon
-	// chooses it; it is not part of the API request.
+	// Backend is BackendFile (also when empty), BackendPool or
+	// BackendReplicated. The daemon chooses it; it is not part of the
+	// API request.
 	Backend string `json:"-"`
+	// Nodes are the nodes chosen to hold a replicated volume, the
+	// preferred owner first; set by the daemon.
+	Nodes []string `json:"-"`
 	// Origin is recorded in a clone's spec; set by the daemon.
 	Origin string `json:"-"`
 }
@@ -193,14 +232,25 @@ func (r *CreateRequest) Validate() error {
 			return err
 		}
 	}
+	if r.Replicas < 0 || r.Replicas > MaxReplicas {
+		return fmt.Errorf("%w: replicas %d: use 1 to %d", ErrInvalid, r.Replicas, MaxReplicas)
+	}
+	if r.Replicas > 1 && r.Size%4096 != 0 {
+		return fmt.Errorf("%w: size %d bytes: a replicated volume's size is a multiple of 4 KiB: round it up to %d",
+			ErrInvalid, r.Size, (r.Size/4096+1)*4096)
+	}
 	switch r.Backend {
 	case "", BackendFile:
 	case BackendPool:
 		if r.Policy == "" {
 			return fmt.Errorf("%w: a pool volume needs a policy", ErrInvalid)
 		}
+	case BackendReplicated:
+		if len(r.Nodes) != max(r.Replicas, 1) {
+			return fmt.Errorf("%w: a replicated volume of %d replicas placed on %d nodes", ErrInvalid, r.Replicas, len(r.Nodes))
+		}
 	default:
-		return fmt.Errorf("%w: backend %q: use %s or %s", ErrInvalid, r.Backend, BackendFile, BackendPool)
+		return fmt.Errorf("%w: backend %q: use %s, %s or %s", ErrInvalid, r.Backend, BackendFile, BackendPool, BackendReplicated)
 	}
 	if c := r.CHAP; c != nil {
 		if err := ValidateCHAP("CHAP", c.User, c.Secret); err != nil {
@@ -382,6 +432,10 @@ func (c *Catalog) Create(ctx context.Context, req CreateRequest) (*Spec, error) 
 		p, _ := ParsePolicy(req.Policy) // validated above
 		s.Policy = p.String()
 	}
+	if s.Replicated() {
+		s.Replicas = slices.Clone(req.Nodes)
+		s.Node = s.Replicas[0]
+	}
 	if req.CHAP != nil {
 		ch := *req.CHAP
 		s.CHAP = &ch
@@ -415,7 +469,7 @@ func (c *Catalog) Create(ctx context.Context, req CreateRequest) (*Spec, error) 
 			_ = os.RemoveAll(tmp)
 		}
 	}()
-	if !s.InPool() {
+	if s.HasDataFile() {
 		if err := filedev.Create(filepath.Join(tmp, DataFile), s.Size); err != nil {
 			if errors.Is(err, syscall.EFBIG) || errors.Is(err, syscall.EINVAL) {
 				return nil, fmt.Errorf("%w: size %d bytes is more than the file system under %s allows for one file: choose a smaller size",
@@ -486,6 +540,7 @@ func syncDir(dir string) error {
 func (s *Spec) clone() *Spec {
 	cp := *s
 	cp.ACL = slices.Clone(s.ACL)
+	cp.Replicas = slices.Clone(s.Replicas)
 	if s.CHAP != nil {
 		ch := *s.CHAP
 		cp.CHAP = &ch
@@ -596,5 +651,8 @@ func naa6(u [16]byte) []byte {
 }
 
 // Local reports whether this node serves the volume: its spec names this
-// node, or no node (a spec written before volumes had nodes).
-func (c *Catalog) Local(s *Spec) bool { return s.Node == "" || s.Node == c.node }
+// node, or no node (a spec written before volumes had nodes), or this
+// node holds one of its replicas.
+func (c *Catalog) Local(s *Spec) bool {
+	return s.Node == "" || s.Node == c.node || slices.Contains(s.Replicas, c.node)
+}

@@ -1,0 +1,674 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"stave.dev/stave/cluster"
+	"stave.dev/stave/cluster/owner"
+	"stave.dev/stave/internal/adminapi"
+	"stave.dev/stave/internal/logkey"
+	"stave.dev/stave/internal/volume"
+	"stave.dev/stave/replication"
+	"stave.dev/stave/replication/filestore"
+	"stave.dev/stave/target/scsi"
+	"stave.dev/stave/target/scsi/sense"
+)
+
+// Replicated volumes (volume.BackendReplicated): every node named in the
+// spec's Replicas holds a copy in DATA/volumes/<name>/replica and runs,
+// for the volume:
+//
+//   - an ownership driver (cluster/owner) that competes for the volume's
+//     etcd lease and epoch; the winner reconciles the other in-sync
+//     replicas with its copy (replication.OpenVolume) and serves;
+//   - an iSCSI target over one LU whose device forwards I/O to the
+//     epoch's replication.Volume while this node owns the volume;
+//   - ALUA: each holder is one target port group (its index in Replicas
+//     plus one) whose relative ports are group<<8 + portal index + 1;
+//     the owner's group is active/optimized, the others standby, every
+//     group transitioning while no owner serves, so REPORT TARGET PORT
+//     GROUPS reads the same on every node once they have all seen the
+//     ownership record. SendTargets lists every holder's portals.
+//
+// Replica writes from the owner arrive through the node's
+// replication.Server (replication.listen), which finds the volume's
+// store through replicaHost.lookup.
+
+const (
+	// replicaDir is the directory of a volume's copy under its volume
+	// directory.
+	replicaDir = "replica"
+	// replicaPoll is how often an owner looks for replicas to resync and
+	// every holder refreshes the other holders' portals.
+	replicaPoll = 2 * time.Second
+	// resyncRetry is the pause before a failed resync of a node is tried
+	// again.
+	resyncRetry = 5 * time.Second
+	// claimStagger delays the claim of the n-th node of Replicas by n
+	// times this, so that the preferred owner usually wins when all are up.
+	claimStagger = 150 * time.Millisecond
+)
+
+// errTransition is the sense of I/O that reaches a holder while it does
+// not serve the volume (an ownership change in progress): NOT READY,
+// ASYMMETRIC ACCESS STATE TRANSITION, which multipath retries on another
+// path.
+var errTransition = sense.New(sense.KeyNotReady, sense.ASCLogicalUnitNotAccessibleTransition)
+
+// replicationID is the name of a replicated volume in the replication
+// protocol and the epoch store: its name and UUID, so that a volume
+// created again under a deleted one's name is a new volume everywhere.
+func replicationID(s *volume.Spec) string { return s.Name + "@" + s.UUID }
+
+// replicaHost is the node's side of every replicated volume it holds.
+type replicaHost struct {
+	log    *slog.Logger
+	node   string
+	cl     *cluster.Cluster
+	epochs *replication.EpochStore
+	ttl    time.Duration
+	// nports is the number of this node's iSCSI portals.
+	nports int
+
+	mu     sync.Mutex
+	stores map[string]replication.Store // by volume, for the replication server
+}
+
+func newReplicaHost(log *slog.Logger, node string, cl *cluster.Cluster, epochDir string, ttl time.Duration) (*replicaHost, error) {
+	ep, err := replication.OpenEpochStore(epochDir)
+	if err != nil {
+		return nil, err
+	}
+	return &replicaHost{log: log, node: node, cl: cl, epochs: ep, ttl: ttl, stores: map[string]replication.Store{}}, nil
+}
+
+// lookup is the replication server's ServerConfig.Lookup.
+func (h *replicaHost) lookup(name string) (replication.Store, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s, ok := h.stores[name]
+	return s, ok
+}
+
+// nodeMap returns the cluster's node records by ID (up and down).
+func (h *replicaHost) nodeMap(ctx context.Context) map[string]cluster.NodeStatus {
+	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
+	defer cancel()
+	ns, err := h.cl.Nodes(ctx)
+	if err != nil {
+		h.log.Debug("node list for replicated volumes", logkey.Err, err)
+		return nil
+	}
+	m := make(map[string]cluster.NodeStatus, len(ns))
+	for _, n := range ns {
+		m[n.ID] = n
+	}
+	return m
+}
+
+// replica is this node's part of one replicated volume.
+type replica struct {
+	h     *replicaHost
+	log   *slog.Logger
+	spec  *volume.Spec
+	group uint16 // this node's target port group
+	store *filestore.Store
+	drv   *owner.Driver
+	dev   *replicaDevice
+	alua  *aluaPorts
+	lu    atomic.Pointer[scsi.LU]
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu struct {
+		sync.Mutex
+		vol      *replication.Volume // the epoch's volume while reconciling or serving
+		serving  bool
+		starts   int                                   // epochs this node started serving
+		resync   map[string]replication.ResyncProgress // running resyncs by node
+		tried    map[string]time.Time                  // last failed resync by node
+		peers    []string                              // other holders' TargetAddress values
+		resyncWG sync.WaitGroup
+	}
+}
+
+// openReplica opens this node's copy of s, registers it with the
+// replication server and starts its ownership driver under ctx (the
+// daemon's lifetime). close stops everything.
+func (h *replicaHost) openReplica(ctx context.Context, s *volume.Spec, dir string) (*replica, error) {
+	idx := slices.Index(s.Replicas, h.node)
+	if idx < 0 {
+		return nil, fmt.Errorf("stave: volume %s: this node holds no replica of it", s.Name)
+	}
+	st, err := filestore.Open(filepath.Join(dir, replicaDir), s.Size, filestore.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("stave: volume %s: opening its replica: %w", s.Name, err)
+	}
+	if st.Size() < s.Size {
+		if err := st.Resize(s.Size); err != nil {
+			_ = st.Close()
+			return nil, fmt.Errorf("stave: volume %s: growing its replica: %w", s.Name, err)
+		}
+	}
+	r := &replica{h: h, log: h.log.With(logkey.Volume, s.Name), spec: s, group: uint16(idx + 1), store: st}
+	r.mu.resync = map[string]replication.ResyncProgress{}
+	r.mu.tried = map[string]time.Time{}
+	r.dev = &replicaDevice{size: st.Size()}
+	r.alua = newALUAPorts(len(s.Replicas), r.group)
+	drv, err := owner.New(owner.Config{
+		Logger:     h.log,
+		Client:     h.cl.Client(),
+		Volume:     s.Name,
+		Self:       h.node,
+		Epochs:     h.epochs,
+		EpochKey:   replicationID(s),
+		TTL:        h.ttl,
+		ClaimDelay: time.Duration(idx) * claimStagger,
+		Handler:    r,
+	})
+	if err != nil {
+		_ = st.Close()
+		return nil, err
+	}
+	r.drv = drv
+	h.mu.Lock()
+	h.stores[replicationID(s)] = st
+	h.mu.Unlock()
+	r.refreshPorts(ctx)
+	ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	r.wg.Add(3)
+	go func() {
+		defer r.wg.Done()
+		// Reservations changed through another holder's ports apply here
+		// too (one logical unit across every node).
+		_ = h.cl.WatchReservations(ctx, s.Name, func(ctx context.Context) error {
+			if lu := r.lu.Load(); lu != nil {
+				return lu.RefreshReservations(ctx)
+			}
+			return nil
+		})
+	}()
+	go func() {
+		defer r.wg.Done()
+		if err := drv.Run(ctx); err != nil && ctx.Err() == nil {
+			r.log.Error("ownership driver stopped", logkey.Err, err)
+		}
+	}()
+	go func() {
+		defer r.wg.Done()
+		r.watch(ctx)
+	}()
+	return r, nil
+}
+
+// setLU tells the replica the LU that serves it, for ALUA unit
+// attentions and reservation refreshes.
+func (r *replica) setLU(lu *scsi.LU) { r.lu.Store(lu) }
+
+// close stops the driver (which revokes its lease and stops serving),
+// the resyncs and the replication server's access, then closes the copy.
+func (r *replica) close() error {
+	r.cancel()
+	r.wg.Wait()
+	r.stopServing("volume closed")
+	r.mu.resyncWG.Wait()
+	r.h.mu.Lock()
+	if id := replicationID(r.spec); r.h.stores[id] == replication.Store(r.store) {
+		delete(r.h.stores, id)
+	}
+	r.h.mu.Unlock()
+	return r.store.Close()
+}
+
+// watch follows ownership changes (ALUA state) and, while this node
+// serves, resyncs holders that are out of the ISR.
+func (r *replica) watch(ctx context.Context) {
+	t := time.NewTicker(replicaPoll)
+	defer t.Stop()
+	lastPorts := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.drv.Changed():
+		case <-t.C:
+		}
+		r.updateALUA()
+		if time.Since(lastPorts) >= 5*replicaPoll {
+			r.refreshPorts(ctx)
+			lastPorts = time.Now()
+		}
+		r.resyncMissing(ctx)
+	}
+}
+
+// updateALUA recomputes the port groups' states from the driver and
+// raises ASYMMETRIC ACCESS STATE CHANGED when they changed.
+func (r *replica) updateALUA() {
+	st := r.drv.Status()
+	r.mu.Lock()
+	serving := r.mu.serving
+	r.mu.Unlock()
+	ownerGroup := uint16(0)
+	if i := slices.Index(r.spec.Replicas, st.Owner); i >= 0 && st.Owner != "" {
+		ownerGroup = uint16(i + 1)
+	}
+	if ownerGroup == r.group && !serving {
+		ownerGroup = 0 // claimed but not serving yet: transitioning
+	}
+	if r.alua.setOwner(ownerGroup) {
+		if lu := r.lu.Load(); lu != nil {
+			lu.PortStateChanged()
+		}
+	}
+}
+
+// refreshPorts reads the holders' portals from their node records: the
+// other holders' addresses for SendTargets and every group's port count.
+func (r *replica) refreshPorts(ctx context.Context) {
+	nodes := r.h.nodeMap(ctx)
+	var peers []string
+	counts := make([]int, len(r.spec.Replicas))
+	for i, id := range r.spec.Replicas {
+		if id == r.h.node {
+			counts[i] = max(r.h.nports, 1)
+			continue
+		}
+		n, ok := nodes[id]
+		counts[i] = max(len(n.Portals), 1)
+		if !ok {
+			continue
+		}
+		for _, p := range n.Portals {
+			peers = append(peers, p+",1")
+		}
+	}
+	r.alua.setCounts(counts)
+	r.mu.Lock()
+	r.mu.peers = peers
+	r.mu.Unlock()
+}
+
+// peers returns the other holders' TargetAddress values.
+func (r *replica) peers() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.mu.peers)
+}
+
+// replicationPeers returns the replication addresses of nodes.
+func (r *replica) replicationPeers(ctx context.Context, nodes []string) []replication.Peer {
+	m := r.h.nodeMap(ctx)
+	out := make([]replication.Peer, 0, len(nodes))
+	for _, id := range nodes {
+		// A node without a known address is still passed: dialling ""
+		// fails and the volume removes it from the ISR.
+		out = append(out, replication.Peer{Node: id, Addr: m[id].Replication})
+	}
+	return out
+}
+
+// Reconcile implements owner.Handler: open the epoch's volume, which
+// brings every other ISR member to this node's content (or removes it
+// from the ISR), and resume the reservations that other nodes wrote.
+func (r *replica) Reconcile(ctx context.Context, epoch uint64, members []string) error {
+	r.log.Info("owner: reconciling replicas", "epoch", epoch, "members", members)
+	v, err := replication.OpenVolume(ctx, replication.VolumeConfig{
+		Logger:   r.log.With(logkey.Component, "replication"),
+		Name:     replicationID(r.spec),
+		Node:     r.h.node,
+		Epoch:    epoch,
+		Local:    r.store,
+		Replicas: r.replicationPeers(ctx, members),
+		ISR:      r.drv.ISR(),
+		// A replica slower than this is dropped from the ISR (and resynced
+		// later); a dead one fails at once (its connection breaks).
+		AckTimeout: max(5*time.Second, 2*r.h.ttl),
+	})
+	if err != nil {
+		return err
+	}
+	if lu := r.lu.Load(); lu != nil {
+		if err := lu.RefreshReservations(ctx); err != nil {
+			v.Fence(err)
+			_ = v.Close()
+			return fmt.Errorf("loading the volume's reservations: %w", err)
+		}
+	}
+	r.mu.Lock()
+	old := r.mu.vol
+	r.mu.vol, r.mu.serving = v, false
+	r.mu.Unlock()
+	if old != nil {
+		_ = old.Close()
+	}
+	return nil
+}
+
+// Serve implements owner.Handler: acknowledge I/O until until.
+func (r *replica) Serve(epoch uint64, until time.Time) {
+	r.mu.Lock()
+	v := r.mu.vol
+	if v == nil || v.Epoch() != epoch {
+		r.mu.Unlock()
+		r.log.Error("owner: asked to serve an epoch that was not reconciled", "epoch", epoch)
+		return
+	}
+	v.SetLeaseDeadline(until)
+	first := !r.mu.serving
+	r.mu.serving = true
+	if first {
+		r.mu.starts++
+	}
+	r.mu.Unlock()
+	if first {
+		r.dev.cur.Store(v)
+		r.log.Info("owner: serving", "epoch", epoch, "isr", v.Members())
+		r.updateALUA()
+	}
+}
+
+// Stop implements owner.Handler: stop acknowledging at once.
+func (r *replica) Stop(epoch uint64, reason string) {
+	r.log.Info("owner: stopped serving", "epoch", epoch, "reason", reason)
+	r.stopServing(reason)
+	r.updateALUA()
+}
+
+// stopServing fences and closes the epoch's volume, if any.
+func (r *replica) stopServing(reason string) {
+	r.dev.cur.Store(nil)
+	r.mu.Lock()
+	v := r.mu.vol
+	r.mu.vol, r.mu.serving = nil, false
+	r.mu.Unlock()
+	if v != nil {
+		v.Fence(errors.New(reason))
+		_ = v.Close()
+	}
+}
+
+// resyncMissing starts a resync of every holder that is out of the ISR,
+// up, and not being resynced or recently failed, while this node serves.
+func (r *replica) resyncMissing(ctx context.Context) {
+	r.mu.Lock()
+	v, serving := r.mu.vol, r.mu.serving
+	r.mu.Unlock()
+	if !serving || v == nil {
+		return
+	}
+	isr := r.drv.Status().ISR
+	var want []string
+	for _, id := range r.spec.Replicas {
+		if id != r.h.node && !slices.Contains(isr, id) && !slices.Contains(v.Members(), id) {
+			want = append(want, id)
+		}
+	}
+	if len(want) == 0 {
+		return
+	}
+	nodes := r.h.nodeMap(ctx)
+	for _, id := range want {
+		n, ok := nodes[id]
+		if !ok || n.State != cluster.NodeUp || n.Replication == "" {
+			continue
+		}
+		r.mu.Lock()
+		_, running := r.mu.resync[id]
+		recent := time.Since(r.mu.tried[id]) < resyncRetry
+		if running || recent {
+			r.mu.Unlock()
+			continue
+		}
+		r.mu.resync[id] = replication.ResyncProgress{Node: id}
+		r.mu.resyncWG.Add(1)
+		r.mu.Unlock()
+		peer := replication.Peer{Node: id, Addr: n.Replication}
+		go func() {
+			defer r.mu.resyncWG.Done()
+			r.log.Info("resync of a replica started", logkey.Node, id)
+			p, err := v.Resync(ctx, peer, func(p replication.ResyncProgress) {
+				r.mu.Lock()
+				r.mu.resync[id] = p
+				r.mu.Unlock()
+			})
+			r.mu.Lock()
+			delete(r.mu.resync, id)
+			if err != nil {
+				r.mu.tried[id] = time.Now()
+			}
+			r.mu.Unlock()
+			if err != nil {
+				r.log.Warn("resync of a replica failed; retried later", logkey.Node, id, logkey.Err, err)
+				return
+			}
+			r.log.Info("replica back in sync", logkey.Node, id, "progress", fmt.Sprintf("%+v", p))
+		}()
+	}
+}
+
+// removeReplicaData deletes a replicated volume's local copy and its
+// persisted epoch after its spec was deleted.
+func (h *replicaHost) removeReplicaData(s *volume.Spec, dir string) error {
+	if err := os.RemoveAll(filepath.Join(dir, replicaDir)); err != nil {
+		return err
+	}
+	if err := h.epochs.Forget(replicationID(s)); err != nil {
+		return err
+	}
+	err := os.Remove(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// replicaDevice is the LU's BlockDevice of a replicated volume: the
+// epoch's replication.Volume while this node serves, NOT READY
+// (transition) otherwise.
+type replicaDevice struct {
+	size int64
+	cur  atomic.Pointer[replication.Volume]
+}
+
+var _ scsi.BlockDevice = (*replicaDevice)(nil)
+
+// vol returns the serving volume or the transition error.
+func (d *replicaDevice) vol() (*replication.Volume, error) {
+	v := d.cur.Load()
+	if v == nil {
+		return nil, errTransition
+	}
+	return v, nil
+}
+
+// mapErr turns a fenced volume's error into the transition sense.
+func mapErr(err error) error {
+	if err != nil && (errors.Is(err, replication.ErrFenced) || errors.Is(err, replication.ErrClosed)) {
+		e := *errTransition
+		e.Cause = err
+		return &e
+	}
+	return err
+}
+
+// Size implements scsi.BlockDevice.
+func (d *replicaDevice) Size() int64 { return d.size }
+
+// ReadAt implements scsi.BlockDevice.
+func (d *replicaDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
+	v, err := d.vol()
+	if err != nil {
+		return err
+	}
+	return mapErr(v.ReadAt(ctx, p, off))
+}
+
+// WriteAt implements scsi.BlockDevice.
+func (d *replicaDevice) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	v, err := d.vol()
+	if err != nil {
+		return err
+	}
+	return mapErr(v.WriteAt(ctx, p, off, fua))
+}
+
+// Flush implements scsi.BlockDevice.
+func (d *replicaDevice) Flush(ctx context.Context) error {
+	v, err := d.vol()
+	if err != nil {
+		return err
+	}
+	return mapErr(v.Flush(ctx))
+}
+
+// Unmap implements scsi.BlockDevice.
+func (d *replicaDevice) Unmap(ctx context.Context, off, length int64) error {
+	v, err := d.vol()
+	if err != nil {
+		return err
+	}
+	return mapErr(v.Unmap(ctx, off, length))
+}
+
+// aluaPorts is the scsi.PortState of a replicated volume: one group per
+// holder. It is read on every command, so the state is one atomic value.
+type aluaPorts struct {
+	self uint16
+	mu   sync.Mutex // serialises writers
+	cur  atomic.Pointer[aluaSnapshot]
+}
+
+// aluaSnapshot is an immutable view of the groups.
+type aluaSnapshot struct {
+	owner  uint16 // group of the serving owner; 0 when none
+	groups []scsi.PortGroup
+}
+
+func newALUAPorts(n int, self uint16) *aluaPorts {
+	a := &aluaPorts{self: self}
+	counts := make([]int, n)
+	for i := range counts {
+		counts[i] = 1
+	}
+	a.cur.Store(buildALUA(0, counts))
+	return a
+}
+
+// buildALUA makes the groups for owner and per-group port counts.
+func buildALUA(owner uint16, counts []int) *aluaSnapshot {
+	s := &aluaSnapshot{owner: owner}
+	for i, n := range counts {
+		g := uint16(i + 1)
+		pg := scsi.PortGroup{ID: g, State: scsi.ALUAStandby}
+		switch {
+		case owner == 0:
+			pg.State = scsi.ALUATransitioning
+		case owner == g:
+			pg.State, pg.Preferred = scsi.ALUAActiveOptimized, true
+		}
+		for j := range n {
+			pg.Ports = append(pg.Ports, g<<8+uint16(j+1))
+		}
+		s.groups = append(s.groups, pg)
+	}
+	return s
+}
+
+// counts returns the port count of each group.
+func (s *aluaSnapshot) counts() []int {
+	out := make([]int, len(s.groups))
+	for i, g := range s.groups {
+		out[i] = len(g.Ports)
+	}
+	return out
+}
+
+// setOwner makes group owner active/optimized (0: none, all
+// transitioning) and reports whether anything changed.
+func (a *aluaPorts) setOwner(owner uint16) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cur := a.cur.Load()
+	if cur.owner == owner {
+		return false
+	}
+	a.cur.Store(buildALUA(owner, cur.counts()))
+	return true
+}
+
+// setCounts sets the number of ports of each group.
+func (a *aluaPorts) setCounts(counts []int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cur := a.cur.Load()
+	if slices.Equal(cur.counts(), counts) {
+		return
+	}
+	a.cur.Store(buildALUA(cur.owner, counts))
+}
+
+// PortGroups implements scsi.PortState.
+func (a *aluaPorts) PortGroups() []scsi.PortGroup { return a.cur.Load().groups }
+
+// AccessState implements scsi.PortState.
+func (a *aluaPorts) AccessState(group uint16) scsi.ALUAState {
+	s := a.cur.Load()
+	if int(group) < 1 || int(group) > len(s.groups) {
+		return scsi.ALUAUnavailable
+	}
+	return s.groups[group-1].State
+}
+
+// serving reports whether this node serves the volume now.
+func (r *replica) serving() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.mu.serving
+}
+
+var _ adminapi.ReplicaReporter = (*exporter)(nil)
+
+// ReplicaStatus implements adminapi.ReplicaReporter: the driver's view on
+// a holder, else the ownership record in etcd.
+func (e *exporter) ReplicaStatus(ctx context.Context, sp *volume.Spec) (*adminapi.Replication, error) {
+	out := &adminapi.Replication{Replicas: slices.Clone(sp.Replicas)}
+	e.mu.RLock()
+	x := e.mu.byIQ[sp.TargetName()]
+	e.mu.RUnlock()
+	if x != nil && x.rep != nil && x.spec.UUID == sp.UUID {
+		st := x.rep.drv.Status()
+		out.Owner, out.Epoch, out.ISR, out.State = st.Owner, st.Epoch, st.ISR, st.State
+		x.rep.mu.Lock()
+		for _, p := range x.rep.mu.resync {
+			out.Resync = append(out.Resync, adminapi.ResyncStatus{Node: p.Node, Regions: p.RegionsDone, Total: p.Regions,
+				Sent: p.RegionsCopied, Bytes: p.BytesSent})
+		}
+		x.rep.mu.Unlock()
+		slices.SortFunc(out.Resync, func(a, b adminapi.ResyncStatus) int { return strings.Compare(a.Node, b.Node) })
+		return out, nil
+	}
+	if e.cl == nil {
+		return out, nil
+	}
+	rec, err := owner.Read(ctx, e.cl.Client(), sp.Name)
+	if err != nil {
+		return nil, err
+	}
+	out.Owner, out.Epoch = string(rec.Owner), uint64(rec.Epoch)
+	for _, n := range rec.ISR {
+		out.ISR = append(out.ISR, string(n))
+	}
+	return out, nil
+}

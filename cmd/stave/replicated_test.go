@@ -1,0 +1,98 @@
+package main
+
+import (
+	"errors"
+	"slices"
+	"testing"
+
+	"stave.dev/stave/cluster"
+	"stave.dev/stave/internal/volume"
+	"stave.dev/stave/replication"
+	"stave.dev/stave/target/scsi"
+	"stave.dev/stave/target/scsi/sense"
+)
+
+func TestPlaceReplicas(t *testing.T) {
+	node := func(id, zone string, free int64, up bool, rep string) cluster.NodeStatus {
+		st := cluster.NodeDown
+		if up {
+			st = cluster.NodeUp
+		}
+		n := cluster.NodeStatus{NodeInfo: cluster.NodeInfo{ID: id, Replication: rep,
+			Capacity: &cluster.Capacity{Size: 1 << 40, Free: free}}, State: st}
+		if zone != "" {
+			n.Labels = map[string]string{"zone": zone}
+		}
+		return n
+	}
+	ns := []cluster.NodeStatus{
+		node("a", "z1", 100, true, "10.0.0.1:3270"),
+		node("b", "z1", 300, true, "10.0.0.2:3270"),
+		node("c", "z2", 200, true, "10.0.0.3:3270"),
+		node("d", "z3", 900, false, "10.0.0.4:3270"), // down
+		node("e", "z4", 999, true, ""),               // holds no replicas
+		node("f", "z5", 10, true, "10.0.0.6:3270"),   // too small for 50
+	}
+	for _, tc := range []struct {
+		n    int
+		size int64
+		want []string
+	}{
+		{1, 50, []string{"b"}},
+		{2, 50, []string{"b", "c"}},      // zones first: b (z1, most free), c (z2)
+		{3, 50, []string{"b", "c", "a"}}, // then by free space
+		{3, 5, []string{"b", "c", "f"}},  // f fits and has its own zone
+	} {
+		got, err := placeReplicas(ns, tc.n, tc.size)
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("place %d of %d bytes: %v, %v; want %v", tc.n, tc.size, got, err, tc.want)
+		}
+	}
+	if _, err := placeReplicas(ns, 3, 150); !errors.Is(err, volume.ErrInvalid) {
+		t.Errorf("3 replicas of 150 bytes on 2 nodes with room: err %v, want ErrInvalid", err)
+	}
+}
+
+func TestALUAPorts(t *testing.T) {
+	a := newALUAPorts(3, 2)
+	for g := uint16(1); g <= 3; g++ {
+		if s := a.AccessState(g); s != scsi.ALUATransitioning {
+			t.Errorf("no owner: group %d is %v, want transitioning", g, s)
+		}
+	}
+	if !a.setOwner(2) || a.setOwner(2) {
+		t.Error("setOwner(2) twice: want a change, then none")
+	}
+	a.setCounts([]int{1, 2, 1})
+	want := []scsi.PortGroup{
+		{ID: 1, State: scsi.ALUAStandby, Ports: []uint16{0x101}},
+		{ID: 2, State: scsi.ALUAActiveOptimized, Preferred: true, Ports: []uint16{0x201, 0x202}},
+		{ID: 3, State: scsi.ALUAStandby, Ports: []uint16{0x301}},
+	}
+	got := a.PortGroups()
+	if len(got) != len(want) {
+		t.Fatalf("groups %+v", got)
+	}
+	for i := range want {
+		if got[i].ID != want[i].ID || got[i].State != want[i].State || got[i].Preferred != want[i].Preferred ||
+			!slices.Equal(got[i].Ports, want[i].Ports) {
+			t.Errorf("group %d: %+v, want %+v", i+1, got[i], want[i])
+		}
+	}
+	if s := a.AccessState(9); s != scsi.ALUAUnavailable {
+		t.Errorf("unknown group: %v", s)
+	}
+}
+
+func TestReplicaDeviceNotServing(t *testing.T) {
+	d := &replicaDevice{size: 1 << 20}
+	var se *sense.Error
+	if err := d.WriteAt(t.Context(), make([]byte, 512), 0, false); !errors.As(err, &se) ||
+		se.Key != sense.KeyNotReady || se.ASC != sense.ASCLogicalUnitNotAccessibleTransition {
+		t.Fatalf("write while not serving: %v, want NOT READY / transition", err)
+	}
+	err := mapErr(replication.ErrFenced)
+	if !errors.As(err, &se) || se.ASC != sense.ASCLogicalUnitNotAccessibleTransition || !errors.Is(err, replication.ErrFenced) {
+		t.Fatalf("fenced: %v", err)
+	}
+}
