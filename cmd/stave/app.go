@@ -94,6 +94,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 							&cli.IntFlag{Name: "block-size", Value: volume.DefaultBlockSize, Usage: "logical block size in `BYTES`: 512 or 4096"},
 							&cli.StringFlag{Name: "policy", Usage: "erasure-coding `K+M` of a pool volume, e.g. 2+1 (default: from the pool's device count)"},
 							&cli.IntFlag{Name: "replicas", Usage: "keep a copy on `N` nodes (1 to 3); above 1 the volume survives the loss of its serving node"},
+							&cli.StringSliceFlag{Name: "on", Usage: "pin copies to `NODE` (name or ID; repeatable; the first is the preferred owner)"},
 						},
 						Action: volumeCreate,
 					},
@@ -207,7 +208,7 @@ func volumeCreate(c *cli.Context) error {
 		return fmt.Errorf("--size: %w", err)
 	}
 	req := adminapi.CreateRequest{Name: name, Size: size, BlockSize: c.Int("block-size"), ACL: c.StringSlice("allow"),
-		Policy: c.String("policy"), Replicas: c.Int("replicas")}
+		Policy: c.String("policy"), Replicas: c.Int("replicas"), On: c.StringSlice("on")}
 	if s := c.String("chap"); s != "" {
 		u, p, err := parseCred("chap", s)
 		if err != nil {

@@ -235,6 +235,7 @@ func newTarget(s *volume.Spec, dev scsi.Device) *iscsi.Target {
 func (e *exporter) updateLocked(ctx context.Context, x *exported, s *volume.Spec) error {
 	var peers []string
 	if x.rep != nil {
+		x.rep.setSpec(s)
 		peers = x.rep.peers()
 	}
 	if !slices.Equal(x.spec.ACL, s.ACL) || !reflect.DeepEqual(x.spec.CHAP, s.CHAP) || !slices.Equal(x.target.Peers, peers) {

@@ -22,12 +22,45 @@ type clusterPlacement struct {
 var _ adminapi.Placement = clusterPlacement{}
 
 // Place implements adminapi.Placement.
-func (p clusterPlacement) Place(ctx context.Context, n int, size int64) ([]string, error) {
+func (p clusterPlacement) Place(ctx context.Context, n int, size int64, on []string) ([]string, error) {
 	ns, err := p.cl.Nodes(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return placeReplicas(ns, n, size)
+	return placePinned(ns, n, size, on)
+}
+
+// placePinned places n copies, the nodes named in on (name or ID) first,
+// each of which must be able to hold one; placeReplicas chooses the rest.
+func placePinned(ns []cluster.NodeStatus, n int, size int64, on []string) ([]string, error) {
+	var out []string
+	for _, ref := range on {
+		i := slices.IndexFunc(ns, func(x cluster.NodeStatus) bool { return x.ID == ref || x.Name == ref })
+		if i < 0 {
+			return nil, fmt.Errorf("%w: --on %s: no such node (see `stave node list`)", volume.ErrInvalid, ref)
+		}
+		x := ns[i]
+		switch {
+		case slices.Contains(out, x.ID):
+			return nil, fmt.Errorf("%w: --on names node %s twice", volume.ErrInvalid, ref)
+		case x.State != cluster.NodeUp:
+			return nil, fmt.Errorf("%w: --on %s: the node is down", volume.ErrInvalid, ref)
+		case x.Replication == "":
+			return nil, fmt.Errorf("%w: --on %s: the node holds no replicas (no replication.listen)", volume.ErrInvalid, ref)
+		case x.Capacity != nil && x.Capacity.Free < size:
+			return nil, fmt.Errorf("%w: --on %s: the node has %d bytes free, the volume needs %d", volume.ErrInvalid, ref, x.Capacity.Free, size)
+		}
+		out = append(out, x.ID)
+	}
+	if len(out) == n {
+		return out, nil
+	}
+	rest := slices.DeleteFunc(slices.Clone(ns), func(x cluster.NodeStatus) bool { return slices.Contains(out, x.ID) })
+	more, err := placeReplicas(rest, n-len(out), size)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, more...), nil
 }
 
 // placeReplicas chooses n nodes of ns: up, with a replication address and

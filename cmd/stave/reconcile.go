@@ -107,7 +107,9 @@ func (e *exporter) pass(ctx context.Context) {
 		if s, ok := want[x.spec.Name]; !ok || s.UUID != x.spec.UUID {
 			gone = append(gone, x.spec.Name)
 			if x.rep != nil {
-				if cur, err := e.cat.Get(x.spec.Name); err != nil || cur.UUID != x.spec.UUID {
+				// Gone, another volume of the name, or its copy moved
+				// off this node.
+				if cur, err := e.cat.Get(x.spec.Name); err != nil || cur.UUID != x.spec.UUID || !e.mine(cur) {
 					dropData = append(dropData, x.spec)
 				}
 			}
@@ -116,6 +118,16 @@ func (e *exporter) pass(ctx context.Context) {
 	e.mu.RUnlock()
 	for _, name := range gone {
 		e.unexportLocked(name)
+	}
+	// A copy left by a node that no longer holds the volume (its copy
+	// moved elsewhere while it was down) is stale: drop it.
+	if e.reps != nil {
+		for _, s := range specs {
+			if s.Replicated() && !e.mine(s) && !slices.ContainsFunc(dropData, func(d *volume.Spec) bool { return d.Name == s.Name }) &&
+				hasReplicaData(e.cat.Dir(s.Name)) {
+				dropData = append(dropData, s)
+			}
+		}
 	}
 	for _, s := range dropData {
 		if err := e.reps.removeReplicaData(s, e.cat.Dir(s.Name)); err != nil {

@@ -79,6 +79,10 @@ type replicaHost struct {
 	ttl    time.Duration
 	// nports is the number of this node's iSCSI portals.
 	nports int
+	// cat and replaceAfter: an owner moves the copy of a holder that has
+	// been down for replaceAfter to another node (0: never).
+	cat          *volume.Catalog
+	replaceAfter time.Duration
 
 	mu     sync.Mutex
 	stores map[string]replication.Store // by volume, for the replication server
@@ -120,8 +124,8 @@ func (h *replicaHost) nodeMap(ctx context.Context) map[string]cluster.NodeStatus
 type replica struct {
 	h     *replicaHost
 	log   *slog.Logger
-	spec  *volume.Spec
-	group uint16 // this node's target port group
+	spec  atomic.Pointer[volume.Spec] // replaced when a replica moves (setSpec)
+	group uint16                      // this node's target port group
 	store *filestore.Store
 	drv   *owner.Driver
 	dev   *replicaDevice
@@ -138,6 +142,7 @@ type replica struct {
 		starts   int                                   // epochs this node started serving
 		resync   map[string]replication.ResyncProgress // running resyncs by node
 		tried    map[string]time.Time                  // last failed resync by node
+		down     map[string]time.Time                  // holders seen down, since when (owner only)
 		peers    []string                              // other holders' TargetAddress values
 		resyncWG sync.WaitGroup
 	}
@@ -161,9 +166,11 @@ func (h *replicaHost) openReplica(ctx context.Context, s *volume.Spec, dir strin
 			return nil, fmt.Errorf("stave: volume %s: growing its replica: %w", s.Name, err)
 		}
 	}
-	r := &replica{h: h, log: h.log.With(logkey.Volume, s.Name), spec: s, group: uint16(idx + 1), store: st}
+	r := &replica{h: h, log: h.log.With(logkey.Volume, s.Name), group: uint16(idx + 1), store: st}
+	r.spec.Store(s)
 	r.mu.resync = map[string]replication.ResyncProgress{}
 	r.mu.tried = map[string]time.Time{}
+	r.mu.down = map[string]time.Time{}
 	r.dev = &replicaDevice{size: st.Size()}
 	r.alua = newALUAPorts(len(s.Replicas), r.group)
 	drv, err := owner.New(owner.Config{
@@ -224,7 +231,7 @@ func (r *replica) close() error {
 	r.stopServing("volume closed")
 	r.mu.resyncWG.Wait()
 	r.h.mu.Lock()
-	if id := replicationID(r.spec); r.h.stores[id] == replication.Store(r.store) {
+	if id := replicationID(r.specNow()); r.h.stores[id] == replication.Store(r.store) {
 		delete(r.h.stores, id)
 	}
 	r.h.mu.Unlock()
@@ -250,7 +257,116 @@ func (r *replica) watch(ctx context.Context) {
 			lastPorts = time.Now()
 		}
 		r.resyncMissing(ctx)
+		r.replaceLost(ctx)
 	}
+}
+
+// specNow returns the volume's current spec.
+func (r *replica) specNow() *volume.Spec { return r.spec.Load() }
+
+// setSpec takes a changed spec of the same volume (a replica moved).
+func (r *replica) setSpec(s *volume.Spec) {
+	if old := r.spec.Swap(s); !slices.Equal(old.Replicas, s.Replicas) {
+		r.log.Info("volume's replicas changed", "replicas", s.Replicas)
+	}
+}
+
+// replaceLost, on the serving owner, moves the copy of a holder that has
+// been down for replaceAfter to another node (one per pass): the holder
+// leaves the ISR if it is still in it, the spec names the new node at the
+// same position, and the new node's copy is then resynced like a
+// returning one.
+func (r *replica) replaceLost(ctx context.Context) {
+	r.mu.Lock()
+	v, serving := r.mu.vol, r.mu.serving
+	if !serving {
+		clear(r.mu.down)
+	}
+	r.mu.Unlock()
+	if !serving || v == nil || r.h.replaceAfter <= 0 || r.h.cat == nil {
+		return
+	}
+	sp := r.specNow()
+	nodes := r.h.nodeMap(ctx)
+	if nodes == nil {
+		return
+	}
+	now := time.Now()
+	for _, id := range sp.Replicas {
+		if id == r.h.node {
+			continue
+		}
+		r.mu.Lock()
+		if n, ok := nodes[id]; ok && n.State == cluster.NodeUp {
+			delete(r.mu.down, id)
+			r.mu.Unlock()
+			continue
+		}
+		since, seen := r.mu.down[id]
+		if !seen {
+			r.mu.down[id] = now
+		}
+		r.mu.Unlock()
+		if !seen || now.Sub(since) < r.h.replaceAfter {
+			continue
+		}
+		pick, err := pickReplacement(nodes, sp)
+		if err != nil {
+			r.log.Warn("a holder is down but no node can take its copy", logkey.Node, id, "down_for", now.Sub(since).Round(time.Second), logkey.Err, err)
+			r.mu.Lock()
+			r.mu.down[id] = now // warn again after another replaceAfter
+			r.mu.Unlock()
+			continue
+		}
+		if slices.Contains(r.drv.Status().ISR, id) {
+			if err := r.drv.ISR().Remove(ctx, v.Epoch(), id); err != nil {
+				r.log.Warn("a holder that is down could not leave the ISR; its copy stays for now", logkey.Node, id, logkey.Err, err)
+				continue
+			}
+		}
+		ns, err := r.h.cat.ReplaceReplica(ctx, sp.Name, id, pick)
+		if err != nil {
+			r.log.Warn("moving the copy of a holder that is down failed; retried later", logkey.Node, id, logkey.Err, err)
+			continue
+		}
+		r.log.Warn("holder down for too long: its copy moves to another node", "from", id, "to", pick,
+			"down_for", now.Sub(since).Round(time.Second))
+		r.setSpec(ns)
+		r.mu.Lock()
+		delete(r.mu.down, id)
+		r.mu.Unlock()
+		return
+	}
+}
+
+// pickReplacement chooses the node that takes over a copy of sp: up, with
+// a replication address, room, not a holder, in a zone no remaining holder
+// is in when there is one.
+func pickReplacement(nodes map[string]cluster.NodeStatus, sp *volume.Spec) (string, error) {
+	used := map[string]bool{}
+	var free, all []cluster.NodeStatus
+	for _, id := range sp.Replicas {
+		if n, ok := nodes[id]; ok && n.State == cluster.NodeUp && n.Labels["zone"] != "" {
+			used[n.Labels["zone"]] = true
+		}
+	}
+	for id, n := range nodes {
+		if slices.Contains(sp.Replicas, id) {
+			continue
+		}
+		all = append(all, n)
+		if z := n.Labels["zone"]; z == "" || !used[z] {
+			free = append(free, n)
+		}
+	}
+	if got, err := placeReplicas(free, 1, sp.Size); err == nil {
+		return got[0], nil
+	}
+	got, err := placeReplicas(all, 1, sp.Size)
+	if err != nil {
+		return "", err
+	}
+	return got[0], nil
 }
 
 // updateALUA recomputes the port groups' states from the driver and
@@ -261,7 +377,7 @@ func (r *replica) updateALUA() {
 	serving := r.mu.serving
 	r.mu.Unlock()
 	ownerGroup := uint16(0)
-	if i := slices.Index(r.spec.Replicas, st.Owner); i >= 0 && st.Owner != "" {
+	if i := slices.Index(r.specNow().Replicas, st.Owner); i >= 0 && st.Owner != "" {
 		ownerGroup = uint16(i + 1)
 	}
 	if ownerGroup == r.group && !serving {
@@ -279,8 +395,9 @@ func (r *replica) updateALUA() {
 func (r *replica) refreshPorts(ctx context.Context) {
 	nodes := r.h.nodeMap(ctx)
 	var peers []string
-	counts := make([]int, len(r.spec.Replicas))
-	for i, id := range r.spec.Replicas {
+	reps := r.specNow().Replicas
+	counts := make([]int, len(reps))
+	for i, id := range reps {
 		if id == r.h.node {
 			counts[i] = max(r.h.nports, 1)
 			continue
@@ -326,7 +443,7 @@ func (r *replica) Reconcile(ctx context.Context, epoch uint64, members []string)
 	r.log.Info("owner: reconciling replicas", "epoch", epoch, "members", members)
 	v, err := replication.OpenVolume(ctx, replication.VolumeConfig{
 		Logger:   r.log.With(logkey.Component, "replication"),
-		Name:     replicationID(r.spec),
+		Name:     replicationID(r.specNow()),
 		Node:     r.h.node,
 		Epoch:    epoch,
 		Local:    r.store,
@@ -410,7 +527,7 @@ func (r *replica) resyncMissing(ctx context.Context) {
 	}
 	isr := r.drv.Status().ISR
 	var want []string
-	for _, id := range r.spec.Replicas {
+	for _, id := range r.specNow().Replicas {
 		if id != r.h.node && !slices.Contains(isr, id) && !slices.Contains(v.Members(), id) {
 			want = append(want, id)
 		}
@@ -472,6 +589,12 @@ func (h *replicaHost) removeReplicaData(s *volume.Spec, dir string) error {
 		return nil
 	}
 	return err
+}
+
+// hasReplicaData reports whether the volume directory dir holds a copy.
+func hasReplicaData(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, replicaDir))
+	return err == nil
 }
 
 // replicaDevice is the LU's BlockDevice of a replicated volume: the

@@ -96,3 +96,52 @@ func TestReplicaDeviceNotServing(t *testing.T) {
 		t.Fatalf("fenced: %v", err)
 	}
 }
+
+func TestPlacePinned(t *testing.T) {
+	mk := func(id, name string, up bool, rep string, free int64) cluster.NodeStatus {
+		st := cluster.NodeDown
+		if up {
+			st = cluster.NodeUp
+		}
+		return cluster.NodeStatus{NodeInfo: cluster.NodeInfo{ID: id, Name: name, Replication: rep,
+			Capacity: &cluster.Capacity{Free: free}}, State: st}
+	}
+	ns := []cluster.NodeStatus{
+		mk("a1", "n1", true, "x:1", 100), mk("b2", "n2", true, "x:2", 300),
+		mk("c3", "n3", true, "x:3", 200), mk("d4", "n4", false, "x:4", 900), mk("e5", "n5", true, "", 900),
+	}
+	got, err := placePinned(ns, 3, 50, []string{"n1", "c3"})
+	if err != nil || !slices.Equal(got, []string{"a1", "c3", "b2"}) {
+		t.Fatalf("pinned n1, c3: %v, %v", got, err)
+	}
+	for _, on := range [][]string{{"nx"}, {"n4"}, {"n5"}, {"n1", "a1"}} {
+		if _, err := placePinned(ns, 3, 50, on); !errors.Is(err, volume.ErrInvalid) {
+			t.Errorf("--on %v: err %v, want ErrInvalid", on, err)
+		}
+	}
+	if _, err := placePinned(ns, 2, 150, []string{"n1"}); !errors.Is(err, volume.ErrInvalid) {
+		t.Errorf("pinned node too small: err %v", err)
+	}
+}
+
+func TestPickReplacement(t *testing.T) {
+	mk := func(id, zone string, free int64) cluster.NodeStatus {
+		return cluster.NodeStatus{NodeInfo: cluster.NodeInfo{ID: id, Replication: "x:1", Labels: map[string]string{"zone": zone},
+			Capacity: &cluster.Capacity{Free: free}}, State: cluster.NodeUp}
+	}
+	nodes := map[string]cluster.NodeStatus{
+		"a": mk("a", "z1", 10), "b": mk("b", "z2", 10), "d": mk("d", "z1", 500), "e": mk("e", "z3", 100),
+	}
+	sp := &volume.Spec{Name: "v", Size: 5, Replicas: []string{"a", "b", "c"}} // c is down (no record)
+	if got, err := pickReplacement(nodes, sp); err != nil || got != "e" {
+		t.Fatalf("replacement: %q, %v; want e (a zone no holder is in, over d with more room in z1)", got, err)
+	}
+	delete(nodes, "e")
+	if got, err := pickReplacement(nodes, sp); err != nil || got != "d" {
+		t.Fatalf("replacement without a free zone: %q, %v; want d", got, err)
+	}
+	delete(nodes, "d")
+	if _, err := pickReplacement(nodes, sp); err == nil {
+		t.Fatal("no candidate: want an error")
+	}
+}

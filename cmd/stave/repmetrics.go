@@ -56,7 +56,8 @@ func (m *replicationMetrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	m.exp.mu.RUnlock()
 	for _, r := range reps {
-		name := r.spec.Name
+		sp := r.specNow()
+		name := sp.Name
 		st := r.drv.Status()
 		r.mu.Lock()
 		serving, starts := r.mu.serving, r.mu.starts
@@ -76,7 +77,7 @@ func (m *replicationMetrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(m.serving, prometheus.GaugeValue, b, name)
 		ch <- prometheus.MustNewConstMetric(m.epoch, prometheus.GaugeValue, float64(st.Epoch), name)
 		ch <- prometheus.MustNewConstMetric(m.isr, prometheus.GaugeValue, float64(len(st.ISR)), name)
-		ch <- prometheus.MustNewConstMetric(m.replicas, prometheus.GaugeValue, float64(len(r.spec.Replicas)), name)
+		ch <- prometheus.MustNewConstMetric(m.replicas, prometheus.GaugeValue, float64(len(sp.Replicas)), name)
 		ch <- prometheus.MustNewConstMetric(m.changes, prometheus.CounterValue, float64(starts), name)
 		for _, x := range resyncs {
 			if x.node != "" {

@@ -223,6 +223,7 @@ func serveAction(c *cli.Context) error {
 			return err
 		}
 		reps.nports = len(o.portals)
+		reps.cat, reps.replaceAfter = cat, cfg.Replication.ReplaceAfter
 		exp.reps = reps
 		if repLn, err = net.Listen("tcp", cfg.Replication.Listen); err != nil {
 			return fmt.Errorf("replication.listen: %w", err)

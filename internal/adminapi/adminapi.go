@@ -233,9 +233,10 @@ type Config struct {
 // Placement chooses where the copies of a replicated volume live.
 type Placement interface {
 	// Place returns n distinct node IDs for a new volume of size bytes,
-	// the preferred owner first, or an error that says why it cannot
-	// (too few nodes that can hold replicas).
-	Place(ctx context.Context, n int, size int64) ([]string, error)
+	// the preferred owner first, starting with the nodes named (by name
+	// or ID) in on, or an error that says why it cannot (an unknown or
+	// unsuitable node, too few nodes that can hold replicas).
+	Place(ctx context.Context, n int, size int64, on []string) ([]string, error)
 }
 
 // Server serves the admin API. It is safe for concurrent use.
@@ -628,7 +629,7 @@ func (s *Server) createReplicated(w http.ResponseWriter, r *http.Request, req Cr
 		s.fail(w, "create volume", fmt.Errorf("%w: this daemon cannot place replicas (no cluster)", ErrUnsupported))
 		return
 	}
-	nodes, err := s.placement.Place(r.Context(), req.Replicas, req.Size)
+	nodes, err := s.placement.Place(r.Context(), req.Replicas, req.Size, req.On)
 	if err != nil {
 		s.fail(w, "create volume", err)
 		return

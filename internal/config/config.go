@@ -45,21 +45,22 @@ const DefaultPath = "/etc/stave/stave.yaml"
 
 // Defaults of the options, as documented in docs/configuration.md.
 const (
-	DefaultDataDir     = "./stave-data"
-	DefaultPortal      = "[::]:3260"
-	DefaultSocketName  = "stave.sock"
-	DefaultLogLevel    = "info"
-	DefaultLogFormat   = "text"
-	DefaultQueueDepth  = 128
-	DefaultGCInterval  = 10 * time.Second
-	DefaultLeaseTTL    = 2 * time.Second
-	MinCHAPSecret      = 12
-	MaxCHAPSecret      = 255
-	MaxQueueDepth      = 4096
-	maxUnixSocketPath  = 107 // sun_path is 108 bytes with the NUL
-	redacted           = "<redacted>"
-	defaultISCSIPort   = 3260
-	minValidPortNumber = 1
+	DefaultDataDir      = "./stave-data"
+	DefaultPortal       = "[::]:3260"
+	DefaultSocketName   = "stave.sock"
+	DefaultLogLevel     = "info"
+	DefaultLogFormat    = "text"
+	DefaultQueueDepth   = 128
+	DefaultGCInterval   = 10 * time.Second
+	DefaultLeaseTTL     = 2 * time.Second
+	DefaultReplaceAfter = 10 * time.Minute
+	MinCHAPSecret       = 12
+	MaxCHAPSecret       = 255
+	MaxQueueDepth       = 4096
+	maxUnixSocketPath   = 107 // sun_path is 108 bytes with the NUL
+	redacted            = "<redacted>"
+	defaultISCSIPort    = 3260
+	minValidPortNumber  = 1
 )
 
 // ErrInvalid marks every validation error returned by Finish.
@@ -237,6 +238,10 @@ type Replication struct {
 	// owner stops serving before it can lapse; when the owner dies, another
 	// replica takes over about this long later.
 	LeaseTTL time.Duration `yaml:"lease_ttl" flag:"owner-lease-ttl"`
+	// How long a node that holds a copy may stay down before the owner
+	// moves its copy to another node (rebuilt there by a resync); 0
+	// never moves copies.
+	ReplaceAfter time.Duration `yaml:"replace_after" flag:"replace-after"`
 }
 
 // Default returns the configuration used when there is no file and no
@@ -248,7 +253,7 @@ func Default() *Config {
 		Log:         Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
 		ISCSI:       ISCSI{QueueDepth: DefaultQueueDepth},
 		Pool:        Pool{GCInterval: DefaultGCInterval},
-		Replication: Replication{LeaseTTL: DefaultLeaseTTL},
+		Replication: Replication{LeaseTTL: DefaultLeaseTTL, ReplaceAfter: DefaultReplaceAfter},
 	}
 }
 
@@ -420,8 +425,11 @@ func (r *Replication) validate(v *validator) {
 			}
 		}
 	}
-	if r.LeaseTTL < 500*time.Millisecond || r.LeaseTTL > time.Minute {
-		v.addf("replication.lease_ttl", "%s: use 500ms to 1m, e.g. 2s", r.LeaseTTL)
+	if r.LeaseTTL < time.Second || r.LeaseTTL > time.Minute || r.LeaseTTL%time.Second != 0 {
+		v.addf("replication.lease_ttl", "%s: use whole seconds from 1s to 1m, e.g. 2s (etcd leases have whole-second TTLs)", r.LeaseTTL)
+	}
+	if r.ReplaceAfter < 0 {
+		v.addf("replication.replace_after", "%s is negative: use 0 (never) or a duration such as 10m", r.ReplaceAfter)
 	}
 }
 

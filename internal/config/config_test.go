@@ -84,7 +84,7 @@ pool: {scrub_rate: 50MiB, gc_interval: 1m}
 				ISCSI:       ISCSI{NOPInterval: 5 * time.Second, NOPTimeout: 5 * time.Second, QueueDepth: 64},
 				HTTP:        HTTP{Listen: "127.0.0.1:9443", TokenFile: "/etc/stave/token"},
 				Pool:        Pool{ScrubRate: 50 << 20, GCInterval: time.Minute},
-				Replication: Replication{LeaseTTL: DefaultLeaseTTL},
+				Replication: Replication{LeaseTTL: DefaultLeaseTTL, ReplaceAfter: DefaultReplaceAfter},
 				src:         c.src,
 			}
 			if !reflect.DeepEqual(c, want) {

@@ -116,6 +116,7 @@ func (c *Config) Merge(f Flags) error {
 	str("replication-listen", "replication.listen", &c.Replication.Listen)
 	str("replication-advertise", "replication.advertise", &c.Replication.Advertise)
 	dur("owner-lease-ttl", "replication.lease_ttl", &c.Replication.LeaseTTL)
+	dur("replace-after", "replication.replace_after", &c.Replication.ReplaceAfter)
 	str("node-name", "node.name", &c.Node.Name)
 	if f.IsSet("label") {
 		labels := map[string]string{}

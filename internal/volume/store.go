@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -370,3 +371,45 @@ func (c *Catalog) Settle(name string) {
 
 // Node returns the node ID the catalogue assigns new volumes to.
 func (c *Catalog) Node() string { return c.node }
+
+// ReplaceReplica makes node repl hold the replicated volume's copy in
+// place of node old, at the same position of Replicas (the node at
+// position 0 is also Spec.Node). It fails when the volume is not
+// replicated, old does not hold it, repl already does, or the spec
+// changed since this node read it (ErrConflict). It returns the new spec.
+func (c *Catalog) ReplaceReplica(ctx context.Context, name, old, repl string) (*Spec, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cur, ok := c.mu.specs[name]
+	if !ok {
+		return nil, notFound(name)
+	}
+	i := slices.Index(cur.Replicas, old)
+	switch {
+	case !cur.Replicated():
+		return nil, fmt.Errorf("%w: volume %q is not replicated", ErrInvalid, name)
+	case i < 0:
+		return nil, fmt.Errorf("%w: node %s holds no copy of volume %q", ErrInvalid, old, name)
+	case slices.Contains(cur.Replicas, repl) || repl == "":
+		return nil, fmt.Errorf("%w: node %q cannot take a copy of volume %q it already holds", ErrInvalid, repl, name)
+	}
+	s := cur.clone()
+	s.Replicas[i] = repl
+	s.Node = s.Replicas[0]
+	if c.store != nil {
+		rev, err := c.store.Update(ctx, s, c.mu.revs[name])
+		if err != nil {
+			return nil, err
+		}
+		c.mu.revs[name] = rev
+	} else if err := rewriteSpec(c.Dir(name), s); err != nil {
+		return nil, err
+	}
+	c.mu.specs[name] = s
+	c.log.Info("replica moved to another node", logkey.Volume, name, logkey.Node, repl, "from", old)
+	c.notify()
+	return s.clone(), nil
+}

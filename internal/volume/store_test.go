@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 )
@@ -182,5 +183,35 @@ func TestParseSize(t *testing.T) {
 		if _, err := ParseSize(in); !errors.Is(err, ErrInvalid) {
 			t.Errorf("ParseSize(%q) = %v, want ErrInvalid", in, err)
 		}
+	}
+}
+
+func TestReplaceReplica(t *testing.T) {
+	ctx := context.Background()
+	c, err := OpenContext(ctx, Config{Dir: t.TempDir(), Store: newMemStore(), Node: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := c.Create(ctx, CreateRequest{Name: "r", Size: 1 << 20, Replicas: 3, Backend: BackendReplicated, Nodes: []string{"a", "b", "c"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sp.Node != "a" || !slices.Equal(sp.Replicas, []string{"a", "b", "c"}) || !sp.Replicated() || sp.HasDataFile() {
+		t.Fatalf("created %+v", sp)
+	}
+	got, err := c.ReplaceReplica(ctx, "r", "a", "d")
+	if err != nil || got.Node != "d" || !slices.Equal(got.Replicas, []string{"d", "b", "c"}) {
+		t.Fatalf("replace a by d: %+v, %v", got, err)
+	}
+	if s, _ := c.Get("r"); !slices.Equal(s.Replicas, got.Replicas) {
+		t.Fatalf("catalogue after replace: %v", s.Replicas)
+	}
+	for _, tc := range [][2]string{{"a", "e"}, {"b", "c"}, {"b", ""}} {
+		if _, err := c.ReplaceReplica(ctx, "r", tc[0], tc[1]); !errors.Is(err, ErrInvalid) {
+			t.Errorf("replace %s by %q: %v, want ErrInvalid", tc[0], tc[1], err)
+		}
+	}
+	if _, err := c.ReplaceReplica(ctx, "nope", "a", "b"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown volume: %v", err)
 	}
 }

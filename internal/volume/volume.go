@@ -190,6 +190,10 @@ type CreateRequest struct {
 	// Replicas is the number of nodes that hold a copy, 1 (default when
 	// zero) to MaxReplicas. More than one makes a replicated volume.
 	Replicas int `json:"replicas,omitempty"`
+	// On pins placement: names or IDs of nodes that must hold copies of
+	// a replicated volume, the first the preferred owner; the daemon
+	// chooses the rest.
+	On []string `json:"on,omitempty"`
 
 	// Backend is BackendFile (also when empty), BackendPool or
 	// BackendReplicated. The daemon chooses it; it is not part of the
@@ -234,6 +238,12 @@ func (r *CreateRequest) Validate() error {
 	}
 	if r.Replicas < 0 || r.Replicas > MaxReplicas {
 		return fmt.Errorf("%w: replicas %d: use 1 to %d", ErrInvalid, r.Replicas, MaxReplicas)
+	}
+	if len(r.On) > max(r.Replicas, 1) {
+		return fmt.Errorf("%w: %d nodes given with --on for %d replicas: give at most one per replica", ErrInvalid, len(r.On), max(r.Replicas, 1))
+	}
+	if len(r.On) > 0 && r.Replicas < 2 {
+		return fmt.Errorf("%w: --on places the copies of a replicated volume: add --replicas 2 or 3", ErrInvalid)
 	}
 	if r.Replicas > 1 && r.Size%4096 != 0 {
 		return fmt.Errorf("%w: size %d bytes: a replicated volume's size is a multiple of 4 KiB: round it up to %d",
