@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -79,6 +81,8 @@ type replicaHost struct {
 	ttl    time.Duration
 	// nports is the number of this node's iSCSI portals.
 	nports int
+	// tls is the client side of replication connections; nil: plain TCP.
+	tls *tls.Config
 	// cat and replaceAfter: an owner moves the copy of a holder that has
 	// been down for replaceAfter to another node (0: never).
 	cat          *volume.Catalog
@@ -452,6 +456,7 @@ func (r *replica) Reconcile(ctx context.Context, epoch uint64, members []string)
 		// A replica slower than this is dropped from the ISR (and resynced
 		// later); a dead one fails at once (its connection breaks).
 		AckTimeout: max(5*time.Second, 2*r.h.ttl),
+		TLS:        r.h.tls,
 	})
 	if err != nil {
 		return err
@@ -589,6 +594,32 @@ func (h *replicaHost) removeReplicaData(s *volume.Spec, dir string) error {
 		return nil
 	}
 	return err
+}
+
+// replicationTLS loads the mutual-TLS configuration of replication
+// connections (replication.tls_*): the server side for the node's
+// replication listener, the client side for the owner's links. Both nil
+// when TLS is not configured.
+func replicationTLS(certFile, keyFile, caFile string) (server, client *tls.Config, err error) {
+	if certFile == "" {
+		return nil, nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("replication.tls_cert/tls_key: %w", err)
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("replication.tls_ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, nil, fmt.Errorf("replication.tls_ca: %s holds no PEM certificate", caFile)
+	}
+	server = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}
+	client = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, RootCAs: pool}
+	return server, client, nil
 }
 
 // hasReplicaData reports whether the volume directory dir holds a copy.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -217,6 +218,7 @@ func serveAction(c *cli.Context) error {
 		return owner.InitOps(s.Name, s.Replicas)
 	})
 	var repLn net.Listener
+	var repServerTLS *tls.Config
 	if cfg.Replication.Listen != "" {
 		reps, err := newReplicaHost(log.With(logkey.Component, "replica"), nodeID, cl, filepath.Join(o.dataDir, "epochs"), cfg.Replication.LeaseTTL)
 		if err != nil {
@@ -224,6 +226,9 @@ func serveAction(c *cli.Context) error {
 		}
 		reps.nports = len(o.portals)
 		reps.cat, reps.replaceAfter = cat, cfg.Replication.ReplaceAfter
+		if repServerTLS, reps.tls, err = replicationTLS(cfg.Replication.TLSCert, cfg.Replication.TLSKey, cfg.Replication.TLSCA); err != nil {
+			return err
+		}
 		exp.reps = reps
 		if repLn, err = net.Listen("tcp", cfg.Replication.Listen); err != nil {
 			return fmt.Errorf("replication.listen: %w", err)
@@ -307,7 +312,7 @@ func serveAction(c *cli.Context) error {
 	g.Go(func() error { return exp.reconcile(gctx) })
 	if repLn != nil {
 		rs := replication.NewServer(replication.ServerConfig{Logger: log.With(logkey.Component, "replication"),
-			Node: nodeID, Epochs: exp.reps.epochs, Lookup: exp.reps.lookup})
+			Node: nodeID, Epochs: exp.reps.epochs, Lookup: exp.reps.lookup, TLS: repServerTLS})
 		g.Go(func() error { return rs.Serve(gctx, repLn) })
 	}
 	// The node record names the portals initiators can be told (other

@@ -242,6 +242,16 @@ type Replication struct {
 	// moves its copy to another node (rebuilt there by a resync); 0
 	// never moves copies.
 	ReplaceAfter time.Duration `yaml:"replace_after" flag:"replace-after"`
+	// PEM certificate (chain) this node presents on replication
+	// connections, as server and as client; with tls_key and tls_ca the
+	// replication traffic is mutual TLS. Its SANs must hold the address
+	// other nodes dial (replication.advertise or .listen).
+	TLSCert string `yaml:"tls_cert,omitempty" flag:"replication-tls-cert"`
+	// PEM private key of tls_cert.
+	TLSKey string `yaml:"tls_key,omitempty" flag:"replication-tls-key"`
+	// PEM file of the CAs that sign the nodes' replication certificates;
+	// peers must present one (both directions).
+	TLSCA string `yaml:"tls_ca,omitempty" flag:"replication-tls-ca"`
 }
 
 // Default returns the configuration used when there is no file and no
@@ -428,9 +438,22 @@ func (r *Replication) validate(v *validator) {
 	if r.LeaseTTL < time.Second || r.LeaseTTL > time.Minute || r.LeaseTTL%time.Second != 0 {
 		v.addf("replication.lease_ttl", "%s: use whole seconds from 1s to 1m, e.g. 2s (etcd leases have whole-second TTLs)", r.LeaseTTL)
 	}
+	if set := btoi(r.TLSCert != "") + btoi(r.TLSKey != "") + btoi(r.TLSCA != ""); set != 0 && set != 3 {
+		v.addf("replication.tls_cert", "replication TLS needs tls_cert, tls_key and tls_ca together (mutual TLS): set all three or none")
+	} else if set == 3 && r.Listen == "" {
+		v.addf("replication.tls_cert", "is set but replication.listen is empty: set replication.listen (--replication-listen) too, or remove it")
+	}
 	if r.ReplaceAfter < 0 {
 		v.addf("replication.replace_after", "%s is negative: use 0 (never) or a duration such as 10m", r.ReplaceAfter)
 	}
+}
+
+// btoi is 1 for true.
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // checkHTTP validates the TCP listener's options. The files themselves
