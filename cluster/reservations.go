@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -35,8 +36,23 @@ import (
 type ReservationStore struct {
 	c    *Cluster
 	name string
-	rev  int64 // mod revision of the key as last seen; 0: absent
+	rev  atomic.Int64 // mod revision of the key as last seen; 0: absent
+	// afterSave, when set, runs after every successful Save with the
+	// revision it wrote (SetAfterSave).
+	afterSave func(ctx context.Context, rev int64)
 }
+
+// SetAfterSave makes fn run after every successful Save, with the etcd
+// revision of the saved state, before Save returns: a node that does not
+// serve a replicated volume waits there until the serving node has
+// applied the change (WaitReservationsApplied), so that a PERSISTENT
+// RESERVE OUT completed through any port is in force on the owner. Call
+// it before the store is used.
+func (r *ReservationStore) SetAfterSave(fn func(ctx context.Context, rev int64)) { r.afterSave = fn }
+
+// Rev returns the mod revision of the state the store last loaded or
+// saved (0: none).
+func (r *ReservationStore) Rev() int64 { return r.rev.Load() }
 
 var _ pr.SharedStore = (*ReservationStore)(nil)
 
@@ -55,14 +71,14 @@ func (r *ReservationStore) Load(ctx context.Context) (pr.State, error) {
 		return pr.State{}, fmt.Errorf("%w: reservations of %q: %v", ErrUnavailable, r.name, err)
 	}
 	if len(resp.Kvs) == 0 {
-		r.rev = 0
+		r.rev.Store(0)
 		return pr.State{}, nil
 	}
 	var s pr.State
 	if err := json.Unmarshal(resp.Kvs[0].Value, &s); err != nil {
 		return pr.State{}, fmt.Errorf("%w: %s: %v", pr.ErrCorruptState, ReservationKey(r.name), err)
 	}
-	r.rev = resp.Kvs[0].ModRevision
+	r.rev.Store(resp.Kvs[0].ModRevision)
 	return s, nil
 }
 
@@ -73,7 +89,7 @@ func (r *ReservationStore) Save(ctx context.Context, s pr.State) error {
 		return fmt.Errorf("cluster: %w", err)
 	}
 	k := ReservationKey(r.name)
-	resp, err := r.c.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", r.rev)).
+	resp, err := r.c.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", r.rev.Load())).
 		Then(clientv3.OpPut(k, string(b))).Commit()
 	if err != nil {
 		return fmt.Errorf("%w: saving reservations of %q: %v", ErrUnavailable, r.name, err)
@@ -81,8 +97,72 @@ func (r *ReservationStore) Save(ctx context.Context, s pr.State) error {
 	if !resp.Succeeded {
 		return fmt.Errorf("%w: %w: reservations of volume %q were changed by another node", ErrConflict, pr.ErrConflict, r.name)
 	}
-	r.rev = resp.Header.Revision
+	r.rev.Store(resp.Header.Revision)
+	if r.afterSave != nil {
+		r.afterSave(ctx, resp.Header.Revision)
+	}
 	return nil
+}
+
+// reservationsApplied is the value of a volume's reservations-applied key.
+type reservationsApplied struct {
+	Node string `json:"node"`
+	Rev  int64  `json:"rev"`
+}
+
+// reservationsAppliedKey is where the node serving a replicated volume
+// records the revision of the reservation state its LU enforces (under
+// the volume's keys, so it goes with the volume).
+func reservationsAppliedKey(volume string) string { return volumeKeys(volume) + "reservations-applied" }
+
+// PutReservationsApplied records that node, serving the volume, enforces
+// the reservation state of etcd revision rev.
+func (c *Cluster) PutReservationsApplied(ctx context.Context, volume, node string, rev int64) error {
+	b, err := json.Marshal(reservationsApplied{Node: node, Rev: rev})
+	if err != nil {
+		return err
+	}
+	// Only while the spec exists, so the key never outlives the volume.
+	_, err = c.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(VolumeSpecKey(volume)), ">", 0)).
+		Then(clientv3.OpPut(reservationsAppliedKey(volume), string(b))).Commit()
+	if err != nil {
+		return fmt.Errorf("%w: recording applied reservations of %q: %v", ErrUnavailable, volume, err)
+	}
+	return nil
+}
+
+// WaitReservationsApplied waits until the node serving the volume has
+// recorded (PutReservationsApplied) a revision of at least rev, or ctx
+// ends. It returns nil once the revision is applied.
+func (c *Cluster) WaitReservationsApplied(ctx context.Context, volume string, rev int64) error {
+	k := reservationsAppliedKey(volume)
+	applied := func(b []byte) bool {
+		var a reservationsApplied
+		return json.Unmarshal(b, &a) == nil && a.Rev >= rev
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	resp, err := c.cli.Get(ctx, k)
+	if err != nil {
+		return err
+	}
+	if len(resp.Kvs) > 0 && applied(resp.Kvs[0].Value) {
+		return nil
+	}
+	for wr := range c.cli.Watch(ctx, k, clientv3.WithRev(resp.Header.Revision+1)) {
+		if err := wr.Err(); err != nil {
+			return err
+		}
+		for _, ev := range wr.Events {
+			if ev.Kv != nil && applied(ev.Kv.Value) {
+				return nil
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return errors.New("cluster: watch of applied reservations ended")
 }
 
 // Backoff of WatchReservations after a failed watch or callback.

@@ -182,7 +182,11 @@ func (e *exporter) exportLocked(ctx context.Context, s *volume.Spec) error {
 			_ = x.release()
 			return fmt.Errorf("stave: volume %s: moving its reservations into etcd: %w", s.Name, err)
 		}
-		rs = e.cl.Reservations(s.Name)
+		crs := e.cl.Reservations(s.Name)
+		if x.rep != nil {
+			x.rep.setReservations(crs)
+		}
+		rs = crs
 	}
 	lu, err := scsi.NewLU(scsi.LUConfig{
 		Logger:            log,

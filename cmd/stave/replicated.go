@@ -136,6 +136,11 @@ type replica struct {
 	alua  *aluaPorts
 	lu    atomic.Pointer[scsi.LU]
 
+	// rs is the LU's reservation store (setReservations); applied asks
+	// the publisher to record the revision the LU enforces (capacity 1).
+	rs      atomic.Pointer[cluster.ReservationStore]
+	applied chan struct{}
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
@@ -175,6 +180,7 @@ func (h *replicaHost) openReplica(ctx context.Context, s *volume.Spec, dir strin
 	r.mu.resync = map[string]replication.ResyncProgress{}
 	r.mu.tried = map[string]time.Time{}
 	r.mu.down = map[string]time.Time{}
+	r.applied = make(chan struct{}, 1)
 	r.dev = &replicaDevice{size: st.Size()}
 	r.alua = newALUAPorts(len(s.Replicas), r.group)
 	drv, err := owner.New(owner.Config{
@@ -198,17 +204,24 @@ func (h *replicaHost) openReplica(ctx context.Context, s *volume.Spec, dir strin
 	h.mu.Unlock()
 	r.refreshPorts(ctx)
 	ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	r.wg.Add(3)
+	r.wg.Add(4)
 	go func() {
 		defer r.wg.Done()
 		// Reservations changed through another holder's ports apply here
 		// too (one logical unit across every node).
 		_ = h.cl.WatchReservations(ctx, s.Name, func(ctx context.Context) error {
 			if lu := r.lu.Load(); lu != nil {
-				return lu.RefreshReservations(ctx)
+				if err := lu.RefreshReservations(ctx); err != nil {
+					return err
+				}
+				r.kickApplied()
 			}
 			return nil
 		})
+	}()
+	go func() {
+		defer r.wg.Done()
+		r.publishApplied(ctx)
 	}()
 	go func() {
 		defer r.wg.Done()
@@ -262,6 +275,61 @@ func (r *replica) watch(ctx context.Context) {
 		}
 		r.resyncMissing(ctx)
 		r.replaceLost(ctx)
+	}
+}
+
+// setReservations hands the replica the LU's reservation store: a PR OUT
+// saved through this node while it does not serve waits until the
+// serving node enforces it.
+func (r *replica) setReservations(rs *cluster.ReservationStore) {
+	r.rs.Store(rs)
+	rs.SetAfterSave(r.waitApplied)
+}
+
+// waitApplied is the reservation store's after-save hook: on a node that
+// does not serve the volume, wait until the owner has applied revision
+// rev, for at most twice the lease TTL (an owner that cannot see etcd
+// fences itself within one TTL, and a new owner refreshes before it
+// serves).
+func (r *replica) waitApplied(ctx context.Context, rev int64) {
+	if r.serving() {
+		return
+	}
+	wait := 2 * r.h.ttl
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if err := r.h.cl.WaitReservationsApplied(wctx, r.specNow().Name, rev); err != nil && ctx.Err() == nil {
+		r.log.Warn("the owner did not confirm a reservation change in time; it enforces it at the latest when its lease ends",
+			"wait", wait, logkey.Err, err)
+	}
+}
+
+// kickApplied asks the publisher for a pass (coalesced).
+func (r *replica) kickApplied() {
+	select {
+	case r.applied <- struct{}{}:
+	default:
+	}
+}
+
+// publishApplied records, while this node serves, the reservation
+// revision its LU enforces, after every refresh and when serving starts.
+func (r *replica) publishApplied(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.applied:
+		}
+		rs := r.rs.Load()
+		if rs == nil || !r.serving() {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, statusTimeout)
+		if err := r.h.cl.PutReservationsApplied(pctx, r.specNow().Name, r.h.node, rs.Rev()); err != nil && ctx.Err() == nil {
+			r.log.Warn("recording the applied reservation state failed; retried at the next change", logkey.Err, err)
+		}
+		cancel()
 	}
 }
 
@@ -452,7 +520,10 @@ func (r *replica) Reconcile(ctx context.Context, epoch uint64, members []string)
 		Epoch:    epoch,
 		Local:    r.store,
 		Replicas: r.replicationPeers(ctx, members),
-		ISR:      r.drv.ISR(),
+		// A replica that does not answer (partitioned) must not hold the
+		// new owner back for long: it leaves the ISR and is resynced later.
+		DialTimeout: max(time.Second, r.h.ttl/2),
+		ISR:         r.drv.ISR(),
 		// A replica slower than this is dropped from the ISR (and resynced
 		// later); a dead one fails at once (its connection breaks).
 		AckTimeout: max(5*time.Second, 2*r.h.ttl),
@@ -495,6 +566,7 @@ func (r *replica) Serve(epoch uint64, until time.Time) {
 	}
 	r.mu.Unlock()
 	if first {
+		r.kickApplied()
 		r.dev.cur.Store(v)
 		r.log.Info("owner: serving", "epoch", epoch, "isr", v.Members())
 		r.updateALUA()
