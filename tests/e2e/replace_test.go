@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"stave.dev/stave/internal/initiator"
 )
 
 // TestClusterReplaceNode: a holder of a 3-replica volume dies for good;
@@ -75,6 +78,7 @@ func TestClusterReplaceNode(t *testing.T) {
 	if _, err := waitInSync(ns[0], vol, 3, clusterWaitTimeout); err != nil {
 		t.Fatal(err)
 	}
+	checkSameRTPG(t, []*clusterNode{ns[0], ns[1], ns[2]}, "iqn.2026-11.dev.stave:"+vol)
 	var mlog syncBuffer
 	t.Cleanup(func() { saveLog(t, "multipath.log", mlog.String()) })
 	portals := []string{ns[0].portal, ns[1].portal, ns[2].portal, ns[3].portal}
@@ -149,6 +153,70 @@ func TestClusterReplaceNode(t *testing.T) {
 		}
 		if time.Now().After(end) {
 			t.Fatalf("%s kept its stale copy %s after restarting", victim.name, stale)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// checkSameRTPG checks that REPORT TARGET PORT GROUPS answers the same
+// through every holder's port (issue 6), with the same NAA: one group per holder, exactly
+// one active/optimized, the others standby, and the relative port of
+// each session in its own node's group. It polls until the holders agree
+// (each learns the owner through its own etcd watch).
+func checkSameRTPG(t *testing.T, holders []*clusterNode, target string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), clusterWaitTimeout)
+	defer cancel()
+	var last string
+	for {
+		var first []initiator.PortGroup
+		var naa []byte
+		same := true
+		for i, n := range holders {
+			s, err := initiator.Dial(ctx, initiator.Config{Addr: n.portal, Target: target,
+				InitiatorName: "iqn.2026-11.dev.stave:e2e-rtpg", ISID: [6]byte{0x80, 0, 0, 0, 0, byte(i + 1)}})
+			if err != nil {
+				t.Fatalf("%s: login: %v", n.name, err)
+			}
+			pgs, err := s.ReportTargetPortGroups(ctx)
+			id, idErr := s.DeviceID(ctx)
+			s.Close()
+			if err != nil || idErr != nil {
+				t.Fatalf("%s: RTPG %v, VPD 0x83 %v", n.name, err, idErr)
+			}
+			ao, sb := 0, 0
+			for _, g := range pgs {
+				switch g.State {
+				case initiator.ActiveOptimized:
+					ao++
+				case initiator.Standby:
+					sb++
+				}
+			}
+			if len(pgs) != len(holders) || ao != 1 || sb != len(holders)-1 {
+				same, last = false, fmt.Sprintf("%s: %+v", n.name, pgs)
+			}
+			if i == 0 {
+				naa = id.NAA
+			} else if !bytes.Equal(id.NAA, naa) || len(naa) == 0 {
+				t.Fatalf("%s: NAA %x, %s: %x: multipath needs one NAA on every path", holders[0].name, naa, n.name, id.NAA)
+			}
+			if i == 0 {
+				first = pgs
+			} else if fmt.Sprint(pgs) != fmt.Sprint(first) {
+				same, last = false, fmt.Sprintf("%s: %+v vs %s: %+v", holders[0].name, first, n.name, pgs)
+			}
+			if !slices.ContainsFunc(pgs, func(g initiator.PortGroup) bool {
+				return g.ID == id.PortGroup && slices.Contains(g.Ports, id.RelativePort)
+			}) {
+				same, last = false, fmt.Sprintf("%s: its port %d (group %d) is not in %+v", n.name, id.RelativePort, id.PortGroup, pgs)
+			}
+		}
+		if same {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("REPORT TARGET PORT GROUPS differs between holders or is not one active/optimized group: %s", last)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
