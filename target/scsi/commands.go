@@ -12,7 +12,12 @@ type cmdFlags uint8
 const (
 	// fNoUA: a pending unit attention does not end the command (SAM-5 §5.14).
 	fNoUA cmdFlags = 1 << iota
-	// fStandby: allowed in the ALUA standby state (SPC-4 §5.11.2.4.4).
+	// fStandby: allowed in the ALUA standby state (SPC-4 §5.11.2.4.4),
+	// plus READ CAPACITY (10) and (16), which the command set may add
+	// there. NB: Linux sd reads a path's capacity only when it scans it;
+	// a standby path that answered NOT READY stays at 0 blocks, and once
+	// it turns active/optimized every I/O through it fails "beyond end of
+	// device" (LIO allows READ CAPACITY in standby for the same reason).
 	fStandby
 	// fUnavailable: allowed in the unavailable and transitioning states.
 	fUnavailable
@@ -148,7 +153,7 @@ func newCommandTable() *commandTable {
 	add(OpModeSense6, u6(OpModeSense6, 0x08, 0xff, 0xff, 0xff), (*cmd).modeSense, fStandby, std)
 	add(OpStartStopUnit, u6(OpStartStopUnit, 0x01, 0, 0x0f, 0xf7), (*cmd).startStopUnit, 0, std)
 	add(OpPreventAllowMediumRemoval, u6(OpPreventAllowMediumRemoval, 0, 0, 0, 0x03), (*cmd).preventAllow, 0, std)
-	add(OpReadCapacity10, u10(OpReadCapacity10, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x01), (*cmd).readCapacity10, 0, std)
+	add(OpReadCapacity10, u10(OpReadCapacity10, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x01), (*cmd).readCapacity10, fStandby, std)
 	add(OpRead10, u10(OpRead10, rw10...), (*cmd).read, 0, media)
 	add(OpWrite10, u10(OpWrite10, rw10...), (*cmd).write, 0, media)
 	add(OpWriteAndVerify10, u10(OpWriteAndVerify10, 0xf2, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff), (*cmd).writeAndVerify, 0, media)
@@ -180,7 +185,7 @@ func newCommandTable() *commandTable {
 	add(OpSynchronizeCache16, u16(OpSynchronizeCache16, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f), (*cmd).synchronizeCache, 0, long)
 	add(OpWriteSame16, u16(OpWriteSame16, 0xf9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f), (*cmd).writeSame, 0, long)
 	addSA(OpServiceActionIn16, saReadCapacity16, u16(OpServiceActionIn16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0),
-		(*cmd).readCapacity16, 0, std)
+		(*cmd).readCapacity16, fStandby, std)
 	addSA(OpServiceActionIn16, saGetLBAStatus, u16(OpServiceActionIn16, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0),
 		(*cmd).getLBAStatus, 0, std)
 	add(OpReportLUNs, u12(OpReportLUNs, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0), (*cmd).reportLUNs, fNoUA|fStandby|fUnavailable|fNoConflict, std)
