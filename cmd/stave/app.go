@@ -94,6 +94,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 							&cli.IntFlag{Name: "block-size", Value: volume.DefaultBlockSize, Usage: "logical block size in `BYTES`: 512 or 4096"},
 							&cli.StringFlag{Name: "policy", Usage: "erasure-coding `K+M` of a pool volume, e.g. 2+1 (default: from the pool's device count)"},
 							&cli.IntFlag{Name: "replicas", Usage: "keep a copy on `N` nodes (1 to 3); above 1 the volume survives the loss of its serving node"},
+							&cli.StringFlag{Name: "floating-ip", Usage: "floating portal `ADDR/LEN` (e.g. 10.0.20.100/24) held by the owner of a replicated volume"},
 							&cli.StringSliceFlag{Name: "on", Usage: "pin copies to `NODE` (name or ID; repeatable; the first is the preferred owner)"},
 						},
 						Action: volumeCreate,
@@ -208,7 +209,8 @@ func volumeCreate(c *cli.Context) error {
 		return fmt.Errorf("--size: %w", err)
 	}
 	req := adminapi.CreateRequest{Name: name, Size: size, BlockSize: c.Int("block-size"), ACL: c.StringSlice("allow"),
-		Policy: c.String("policy"), Replicas: c.Int("replicas"), On: c.StringSlice("on")}
+		Policy: c.String("policy"), Replicas: c.Int("replicas"), On: c.StringSlice("on"),
+		FloatingIP: c.String("floating-ip")}
 	if s := c.String("chap"); s != "" {
 		u, p, err := parseCred("chap", s)
 		if err != nil {
@@ -346,6 +348,9 @@ func volumeShow(c *cli.Context) error {
 				{"Epoch", strconv.FormatUint(r.Epoch, 10)},
 				{"In sync", strings.Join(r.ISR, ", ")},
 			}...)
+			if r.FloatingIP != "" {
+				rows = append(rows, [2]string{"Floating IP", r.FloatingIP})
+			}
 			if r.State != "" {
 				rows = append(rows, [2]string{"This node", r.State})
 			}

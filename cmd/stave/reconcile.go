@@ -142,10 +142,6 @@ func (e *exporter) pass(ctx context.Context) {
 			continue
 		}
 		err := e.exportLocked(ctx, s)
-		if err == nil && !e.reportsStatus(s) {
-			delete(e.failed, s.Name)
-			continue
-		}
 		st := volumeStatus{exported: e.Exported(s.Name), size: s.Size}
 		if err != nil {
 			st.err = err.Error()
@@ -160,7 +156,11 @@ func (e *exporter) pass(ctx context.Context) {
 		} else {
 			delete(e.failed, s.Name)
 		}
-		statuses[s.Name] = st
+		// A replicated volume's status is its owner's to write; the other
+		// holders only log their errors.
+		if e.reportsStatus(s) {
+			statuses[s.Name] = st
+		}
 	}
 	for name := range e.failed {
 		if _, ok := want[name]; !ok {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	"stave.dev/stave/cluster"
 	"stave.dev/stave/cluster/owner"
 	"stave.dev/stave/internal/adminapi"
+	"stave.dev/stave/internal/floatip"
 	"stave.dev/stave/internal/logkey"
 	"stave.dev/stave/internal/volume"
 	"stave.dev/stave/replication"
@@ -81,6 +83,9 @@ type replicaHost struct {
 	ttl    time.Duration
 	// nports is the number of this node's iSCSI portals.
 	nports int
+	// floatLink is the interface for floating portal addresses; "":
+	// this node holds none.
+	floatLink string
 	// tls is the client side of replication connections; nil: plain TCP.
 	tls *tls.Config
 	// cat and replaceAfter: an owner moves the copy of a holder that has
@@ -141,6 +146,14 @@ type replica struct {
 	rs      atomic.Pointer[cluster.ReservationStore]
 	applied chan struct{}
 
+	// fip is the floating portal address while this node serves: the
+	// claim's goroutine and its cancel (nil when none runs). Touched
+	// only from the driver's Handler calls and close.
+	fip struct {
+		cancel context.CancelFunc
+		done   chan struct{}
+	}
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
@@ -199,6 +212,12 @@ func (h *replicaHost) openReplica(ctx context.Context, s *volume.Spec, dir strin
 		return nil, err
 	}
 	r.drv = drv
+	if c, ok := r.floatConfig(); ok {
+		// A daemon that was killed left the address on the interface.
+		if err := floatip.Release(c); err != nil {
+			r.log.Warn("floating portal address left by an earlier run not removed", logkey.Err, err)
+		}
+	}
 	h.mu.Lock()
 	h.stores[replicationID(s)] = st
 	h.mu.Unlock()
@@ -559,6 +578,11 @@ func (r *replica) Serve(epoch uint64, until time.Time) {
 		return
 	}
 	v.SetLeaseDeadline(until)
+	if c, ok := r.floatConfig(); ok && r.mu.serving {
+		if err := floatip.Renew(c); err != nil {
+			r.log.Warn("floating portal address not renewed", logkey.Err, err)
+		}
+	}
 	first := !r.mu.serving
 	r.mu.serving = true
 	if first {
@@ -566,6 +590,7 @@ func (r *replica) Serve(epoch uint64, until time.Time) {
 	}
 	r.mu.Unlock()
 	if first {
+		r.claimFloating()
 		r.kickApplied()
 		r.dev.cur.Store(v)
 		r.log.Info("owner: serving", "epoch", epoch, "isr", v.Members())
@@ -580,8 +605,59 @@ func (r *replica) Stop(epoch uint64, reason string) {
 	r.updateALUA()
 }
 
-// stopServing fences and closes the epoch's volume, if any.
+// floatConfig returns the volume's floating portal address on this node,
+// ok false when it has none or the node has no floating interface.
+func (r *replica) floatConfig() (floatip.Config, bool) {
+	sp := r.specNow()
+	if sp.FloatingIP == "" || r.h.floatLink == "" {
+		return floatip.Config{}, false
+	}
+	p, err := netip.ParsePrefix(sp.FloatingIP)
+	if err != nil {
+		return floatip.Config{}, false
+	}
+	// The kernel drops the address by itself when the lease could have
+	// lapsed, so a killed daemon's node stops answering for it.
+	return floatip.Config{Link: r.h.floatLink, Prefix: p, Logger: r.log, Lifetime: r.h.ttl}, true
+}
+
+// claimFloating adds and announces the floating address in a goroutine
+// (announcements take a few hundred ms); releaseFloating undoes it.
+func (r *replica) claimFloating() {
+	c, ok := r.floatConfig()
+	if !ok || r.fip.cancel != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	r.fip.cancel, r.fip.done = cancel, done
+	go func() {
+		defer close(done)
+		if err := floatip.Claim(ctx, c); err != nil && ctx.Err() == nil {
+			r.log.Error("floating portal address not claimed: hosts without multipath cannot reach the volume through it", logkey.Err, err)
+		}
+	}()
+}
+
+// releaseFloating stops a running claim and removes the address.
+func (r *replica) releaseFloating() {
+	if r.fip.cancel == nil {
+		return
+	}
+	r.fip.cancel()
+	<-r.fip.done
+	r.fip.cancel, r.fip.done = nil, nil
+	if c, ok := r.floatConfig(); ok {
+		if err := floatip.Release(c); err != nil {
+			r.log.Warn("floating portal address not removed", logkey.Err, err)
+		}
+	}
+}
+
+// stopServing fences and closes the epoch's volume, if any, and gives
+// up the floating address.
 func (r *replica) stopServing(reason string) {
+	r.releaseFloating()
 	r.dev.cur.Store(nil)
 	r.mu.Lock()
 	v := r.mu.vol

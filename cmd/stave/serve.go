@@ -226,6 +226,7 @@ func serveAction(c *cli.Context) error {
 		}
 		reps.nports = len(o.portals)
 		reps.cat, reps.replaceAfter = cat, cfg.Replication.ReplaceAfter
+		reps.floatLink = cfg.Replication.FloatingInterface
 		if repServerTLS, reps.tls, err = replicationTLS(cfg.Replication.TLSCert, cfg.Replication.TLSKey, cfg.Replication.TLSCA); err != nil {
 			return err
 		}

@@ -147,6 +147,8 @@ type Replication struct {
 	// Resync lists the replicas being brought back into the ISR, with
 	// their progress, as the owner reports it.
 	Resync []ResyncStatus `json:"resync,omitempty"`
+	// FloatingIP is the volume's floating portal address, if any.
+	FloatingIP string `json:"floating_ip,omitempty"`
 }
 
 // ResyncStatus is the progress of one replica's resync.
@@ -770,10 +772,11 @@ func (s *Server) toVolume(sp *volume.Spec, counts map[string]int) Volume {
 	}
 	v.Allocated, _ = s.allocated(sp)
 	if sp.Replicated() {
-		v.Replication = &Replication{Replicas: sp.Replicas}
+		v.Replication = &Replication{Replicas: sp.Replicas, FloatingIP: sp.FloatingIP}
 		if rr, ok := s.targets.(ReplicaReporter); ok {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			if st, err := rr.ReplicaStatus(ctx, sp); err == nil {
+				st.FloatingIP = sp.FloatingIP
 				v.Replication = st
 			} else {
 				s.log.Warn("replication state of a volume unknown", logkey.Volume, sp.Name, logkey.Err, err)

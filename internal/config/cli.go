@@ -42,6 +42,7 @@ func CLIFlags() []cli.Flag {
 		&cli.StringFlag{Name: "replication-listen", Usage: "receive replica writes at `HOST:PORT`; none: hold no replicas"},
 		&cli.StringFlag{Name: "replication-advertise", Usage: "address `HOST:PORT` other nodes dial for --replication-listen", DefaultText: "replication-listen"},
 		&cli.DurationFlag{Name: "owner-lease-ttl", Usage: "TTL `DURATION` of a replicated volume owner's etcd lease", DefaultText: DefaultLeaseTTL.String()},
+		&cli.StringFlag{Name: "floating-interface", Usage: "interface `NAME` that carries the floating portal addresses of volumes this node owns"},
 		&cli.StringFlag{Name: "replication-tls-cert", Usage: "PEM certificate `FILE` for replication traffic (mutual TLS, with --replication-tls-key and --replication-tls-ca)"},
 		&cli.StringFlag{Name: "replication-tls-key", Usage: "PEM key `FILE` of --replication-tls-cert"},
 		&cli.StringFlag{Name: "replication-tls-ca", Usage: "PEM CA `FILE` that signs every node's replication certificate"},

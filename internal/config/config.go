@@ -242,6 +242,10 @@ type Replication struct {
 	// moves its copy to another node (rebuilt there by a resync); 0
 	// never moves copies.
 	ReplaceAfter time.Duration `yaml:"replace_after" flag:"replace-after"`
+	// Interface that carries the floating portal addresses of the
+	// replicated volumes this node owns (`volume create --floating-ip`);
+	// empty: this node holds none (hosts reach it through its portals).
+	FloatingInterface string `yaml:"floating_interface,omitempty" flag:"floating-interface"`
 	// PEM certificate (chain) this node presents on replication
 	// connections, as server and as client; with tls_key and tls_ca the
 	// replication traffic is mutual TLS. Its SANs must hold the address

@@ -270,7 +270,7 @@ func TestFlagsMatchTags(t *testing.T) {
 		"etcd-listen-client-urls": []string{"http://127.0.0.1:2379"}, "etcd-listen-peer-urls": []string{"http://127.0.0.1:2380"},
 		"initial-cluster": []string{"n1=http://10.0.0.1:2380"}, "join": "10.0.0.1:2379",
 		"node-name": "n1", "label": []string{"zone=a"},
-		"replication-listen": "10.0.0.1:3270", "replication-advertise": "192.0.2.1:3270", "owner-lease-ttl": 3 * time.Second, "replace-after": time.Minute,
+		"replication-listen": "10.0.0.1:3270", "replication-advertise": "192.0.2.1:3270", "owner-lease-ttl": 3 * time.Second, "replace-after": time.Minute, "floating-interface": "eth1",
 		"replication-tls-cert": "/etc/stave/rep.crt", "replication-tls-key": "/etc/stave/rep.key", "replication-tls-ca": "/etc/stave/rep-ca.pem",
 	}
 	for name := range tags {

@@ -117,6 +117,7 @@ func (c *Config) Merge(f Flags) error {
 	str("replication-advertise", "replication.advertise", &c.Replication.Advertise)
 	dur("owner-lease-ttl", "replication.lease_ttl", &c.Replication.LeaseTTL)
 	dur("replace-after", "replication.replace_after", &c.Replication.ReplaceAfter)
+	str("floating-interface", "replication.floating_interface", &c.Replication.FloatingInterface)
 	str("replication-tls-cert", "replication.tls_cert", &c.Replication.TLSCert)
 	str("replication-tls-key", "replication.tls_key", &c.Replication.TLSKey)
 	str("replication-tls-ca", "replication.tls_ca", &c.Replication.TLSCA)

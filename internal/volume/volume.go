@@ -34,6 +34,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -135,6 +136,10 @@ type Spec struct {
 	// them and the owner at any moment is in the volume's ownership
 	// record. Empty for a volume with one copy, served by Node.
 	Replicas []string `json:"replicas,omitempty"`
+	// FloatingIP is a replicated volume's floating portal address with
+	// its prefix length (e.g. 10.0.20.100/24): the owner holds it on its
+	// replication.floating_interface, for hosts without multipath.
+	FloatingIP string `json:"floating_ip,omitempty"`
 }
 
 // Nodes returns the IDs of the nodes that hold the volume: Replicas, or
@@ -194,6 +199,9 @@ type CreateRequest struct {
 	// a replicated volume, the first the preferred owner; the daemon
 	// chooses the rest.
 	On []string `json:"on,omitempty"`
+	// FloatingIP gives a replicated volume a floating portal address,
+	// ADDR/PREFIXLEN, held by whichever node owns it.
+	FloatingIP string `json:"floating_ip,omitempty"`
 
 	// Backend is BackendFile (also when empty), BackendPool or
 	// BackendReplicated. The daemon chooses it; it is not part of the
@@ -241,6 +249,15 @@ func (r *CreateRequest) Validate() error {
 	}
 	if len(r.On) > max(r.Replicas, 1) {
 		return fmt.Errorf("%w: %d nodes given with --on for %d replicas: give at most one per replica", ErrInvalid, len(r.On), max(r.Replicas, 1))
+	}
+	if r.FloatingIP != "" {
+		if r.Replicas < 2 {
+			return fmt.Errorf("%w: --floating-ip follows the owner of a replicated volume: add --replicas 2 or 3", ErrInvalid)
+		}
+		p, err := netip.ParsePrefix(r.FloatingIP)
+		if err != nil || p.Addr() == p.Masked().Addr() || !p.Addr().IsGlobalUnicast() && !p.Addr().IsPrivate() {
+			return fmt.Errorf("%w: floating IP %q: give a host address with its subnet's prefix length, e.g. 10.0.20.100/24", ErrInvalid, r.FloatingIP)
+		}
 	}
 	if len(r.On) > 0 && r.Replicas < 2 {
 		return fmt.Errorf("%w: --on places the copies of a replicated volume: add --replicas 2 or 3", ErrInvalid)
@@ -445,6 +462,7 @@ func (c *Catalog) Create(ctx context.Context, req CreateRequest) (*Spec, error) 
 	if s.Replicated() {
 		s.Replicas = slices.Clone(req.Nodes)
 		s.Node = s.Replicas[0]
+		s.FloatingIP = req.FloatingIP
 	}
 	if req.CHAP != nil {
 		ch := *req.CHAP
