@@ -17,16 +17,24 @@
 //	'v' volume id        -> volume metadata
 //	'c'                  -> checkpoint: last batch seq applied, max version, max volume id
 //
-// Write path ("persist, then ack"), run by one committer goroutine:
+// Write path ("persist, then ack"), run by one committer goroutine with up
+// to 4 batches in flight, each in its own open segment (a lane: a segment
+// never has two batches in flight, so its log is torn at most at its end):
 //
-//  1. Take every queued request of one policy up to the batch cap.
-//  2. Assign the batch seq and versions (epoch<<40 | counter).
-//  3. Encode data chunks and parity; write chunk i to member i; Sync
-//     every member. Members that fail are marked failed; the batch counts
-//     as durable when at least k chunks are (a degraded stripe).
-//  4. Apply the records to the index (highest version per LBA wins) with
-//     the checkpoint in the same pebble batch (not synced: replay covers).
-//  5. Acknowledge every request of the batch.
+//  1. Take every queued request of one policy up to the batch cap (a
+//     small batch waits while another is being written, gathering more).
+//  2. Allocate in an idle lane; assign the batch seq and versions
+//     (epoch<<40 | counter).
+//  3. Encode data chunks and parity; write chunk i to member i (O_DIRECT
+//     when the device allows); sync every member (syncs of concurrent
+//     batches coalesce). Members that fail are marked failed; the batch
+//     counts as durable when at least k chunks are (a degraded stripe).
+//  4. In seq order, once durable: apply the records to the index (highest
+//     version per LBA wins) with the checkpoint in the same pebble batch
+//     (not synced: replay covers). A lone data batch has its index entries
+//     computed while it is written.
+//  5. Acknowledge every request of the batch: so every batch before an
+//     acknowledged one is durable.
 //
 // Open replays the batches after the checkpoint (scanning open segments
 // from their tail and unknown segments from 0); a last batch with fewer

@@ -124,10 +124,16 @@ type segState struct {
 
 func (s *segState) width() int { return int(s.k) + int(s.m) }
 
-func (s *segState) appendTo(b []byte) []byte {
+// appendTo appends the index value of segment s (row r) as the batch
+// being applied at row (if any) leaves it. It is recorded sealed only
+// once no other batch is in flight there: Open scans only the segments
+// the index does not mark sealed, and batches written there but not yet
+// applied must be found by that scan.
+// REQUIRES: Pool.mu held.
+func (s *segState) appendTo(b []byte, r, row uint32) []byte {
 	le := binary.LittleEndian
 	var sealed uint8
-	if s.sealed {
+	if s.sealed && (s.inflight == 0 || (s.inflight == 1 && r == row)) {
 		sealed = 1
 	}
 	var gc uint8

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/cockroachdb/pebble"
 
@@ -64,155 +65,343 @@ func (p *Pool) submit(ctx context.Context, r *writeReq) error {
 	return r.err
 }
 
+// pipelineDepth is the most batches the committer has in flight (written,
+// not yet applied and acknowledged). Each holds a chunk buffer.
+const pipelineDepth = 4
+
+// commitAttempts is how many times a batch is written (on other devices
+// after a failure) before its requests fail.
+const commitAttempts = 3
+
+// inflight is one batch of the committer: its requests and, once
+// dispatched, its header, place and the result of its write. Owned by the
+// committer; the writing goroutine sets err and closes written.
+type inflight struct {
+	group    []*writeReq
+	attempts int // failed writes so far
+	blocks   [][]byte
+	h        layout.ChunkHeader
+	row      uint32
+	off      int64
+	buf      []byte // chunk buffer, back to the free list once written
+	prep     *prepared
+	err      error
+	written  chan struct{}
+}
+
 // committer is the group-commit loop: it takes everything queued (up to
-// the batch caps), writes one batch per policy, syncs, indexes and acks.
+// the batch caps) as one batch of one policy and dispatches it (allocate,
+// assign seq and versions, encode, then write and sync on the members in
+// a goroutine). Up to pipelineDepth batches are in flight, each in its own
+// segment (see allocate); they complete in seq order: applied to the index
+// and acknowledged, so a batch is acknowledged only once it and every
+// earlier batch are durable ("persist, then ack"; a batch whose write
+// failed is written again under a new seq, and its requests are
+// acknowledged then).
+//
+// While batches are in flight, new requests wait in p.reqs and join the
+// next batch: under load batches grow instead of multiplying syncs.
 // Owned by the pool; stopped by Close.
 func (p *Pool) committer() {
 	defer p.wg.Done()
-	var next *writeReq
-	var group []*writeReq
-	lastGroup := 0 // requests in the last batch
+	var (
+		next      *writeReq   // taken from p.reqs, not yet in a batch
+		held      *inflight   // waiting for a lane (errLanesBusy)
+		pend      []*inflight // dispatched, in seq order
+		retry     []*inflight // write failed: written again
+		lastGroup int         // requests in the last batch
+	)
 	for {
-		r := next
-		next = nil
-		if r == nil {
+		if next == nil && len(pend) < pipelineDepth {
 			select {
-			case <-p.stop:
-				for {
-					select {
-					case r := <-p.reqs:
-						r.err = ErrClosed
-						close(r.done)
-					default:
-						return
-					}
-				}
-			case r = <-p.reqs:
-			}
-		}
-		group = append(group[:0], r)
-		blocks, recs := r.nblocks(), len(r.recs)
-		bcap := p.batchCap(int(r.k))
-		yielded := false
-	drain:
-		for !r.alone && blocks < bcap && recs < maxBatchRecords {
-			select {
-			case r2 := <-p.reqs:
-				if r2.alone || r2.gc != r.gc || r2.reserve != r.reserve || r2.k != r.k || r2.m != r.m ||
-					blocks+r2.nblocks() > bcap || recs+len(r2.recs) > maxBatchRecords {
-					next = r2
-					break drain
-				}
-				group = append(group, r2)
-				blocks += r2.nblocks()
-				recs += len(r2.recs)
+			case next = <-p.reqs:
 			default:
-				// The writers of the last group were just acknowledged
-				// and most resubmit at once: yield once so that they join
-				// this batch rather than the next (a batch costs a sync
-				// per device whatever its size). A lone writer (last
-				// group of one) does not wait.
-				if yielded || len(group) >= lastGroup {
-					break drain
-				}
-				yielded = true
-				runtime.Gosched()
 			}
 		}
-		lastGroup = len(group)
-		err := p.commit(group)
-		for _, g := range group {
-			g.err = err
-			close(g.done)
+		writing := firstWriting(pend)
+		room := len(pend) < pipelineDepth && (held == nil || len(pend) == 0)
+		work := held != nil || len(retry) > 0 || next != nil
+		// A small batch waits until no batch is in flight: its writers
+		// are a closed loop (an initiator's queue), so a batch dispatched
+		// while another is in flight takes only part of them, and each
+		// batch costs a sync per device whatever its size. Acknowledging
+		// the batch in flight brings its writers back for this one. A
+		// large batch goes at once: it is bound by bandwidth, not syncs.
+		small := held == nil && len(retry) == 0 && next != nil && next.nblocks()*2 < p.batchCap(int(next.k))
+		if room && work && (len(pend) == 0 || !small) {
+			// A batch holds swapMu shared from allocate until it is
+			// applied or abandoned (see dispatch). When a device swap
+			// waits for the exclusive lock, finish the batches in flight
+			// (they release theirs) before waiting for it.
+			if !p.swapMu.TryRLock() {
+				if len(pend) > 0 {
+					<-pend[0].written
+					pend, retry = p.complete(pend, retry)
+					continue
+				}
+				p.swapMu.RLock()
+			}
+			var b *inflight
+			switch {
+			case held != nil:
+				b, held = held, nil
+			case len(retry) > 0:
+				b, retry = retry[0], retry[1:]
+			default:
+				group := []*writeReq{next}
+				next = p.gather(next, &group, lastGroup)
+				lastGroup = len(group)
+				b = &inflight{group: group}
+			}
+			var busy bool
+			if pend, busy = p.dispatch(pend, b); busy {
+				held = b
+			}
+			continue
+		}
+		if len(pend) > 0 && writing != 0 {
+			pend, retry = p.complete(pend, retry)
+			continue
+		}
+		var reqs chan *writeReq
+		if len(pend) < pipelineDepth && next == nil {
+			reqs = p.reqs
+		}
+		var wrote chan struct{}
+		if writing >= 0 {
+			wrote = pend[writing].written
+		}
+		select {
+		case <-p.stop:
+			// Finish what is in flight (its writers wait for it), then
+			// fail everything else.
+			for len(pend) > 0 {
+				<-pend[0].written
+				pend, retry = p.complete(pend, retry)
+			}
+			if held != nil {
+				retry = append(retry, held)
+			}
+			for _, b := range retry {
+				ackGroup(b.group, ErrClosed)
+			}
+			if next != nil {
+				ackGroup([]*writeReq{next}, ErrClosed)
+			}
+			for {
+				select {
+				case r := <-p.reqs:
+					ackGroup([]*writeReq{r}, ErrClosed)
+				default:
+					return
+				}
+			}
+		case r := <-reqs:
+			next = r
+		case <-wrote:
 		}
 	}
 }
 
-// commit writes the requests of group (one policy) as one batch.
+// firstWriting returns the index of the first batch of pend whose write
+// has not finished, or -1.
+func firstWriting(pend []*inflight) int {
+	for i, b := range pend {
+		select {
+		case <-b.written:
+		default:
+			return i
+		}
+	}
+	return -1
+}
+
+// gather adds to *group (holding r) the queued requests that fit in r's
+// batch, and returns the first one that does not (nil if none).
+func (p *Pool) gather(r *writeReq, group *[]*writeReq, lastGroup int) *writeReq {
+	blocks, recs := r.nblocks(), len(r.recs)
+	bcap := p.batchCap(int(r.k))
+	yielded := false
+	for !r.alone && blocks < bcap && recs < maxBatchRecords {
+		select {
+		case r2 := <-p.reqs:
+			if r2.alone || r2.gc != r.gc || r2.reserve != r.reserve || r2.k != r.k || r2.m != r.m ||
+				blocks+r2.nblocks() > bcap || recs+len(r2.recs) > maxBatchRecords {
+				return r2
+			}
+			*group = append(*group, r2)
+			blocks += r2.nblocks()
+			recs += len(r2.recs)
+		default:
+			// The writers of the last group were just acknowledged
+			// and most resubmit at once: yield once so that they join
+			// this batch rather than the next (a batch costs a sync
+			// per device whatever its size). A lone writer (last
+			// group of one) does not wait.
+			if yielded || len(*group) >= lastGroup {
+				return nil
+			}
+			yielded = true
+			runtime.Gosched()
+		}
+	}
+	return nil
+}
+
+// ackGroup ends the requests of a batch with err.
+func ackGroup(group []*writeReq, err error) {
+	for _, g := range group {
+		g.err = err
+		close(g.done)
+	}
+}
+
+// dispatch starts writing batch b (its group, one policy) and appends it
+// to pend. A batch that cannot start (no space, no devices) fails its
+// requests at once; busy reports that every lane of its policy has a
+// batch in flight (b is not dispatched: try again after a completion).
 // Called only by the committer.
-func (p *Pool) commit(group []*writeReq) error {
+//
+// REQUIRES: swapMu held shared; the batch keeps it until it is applied or
+// abandoned (complete), or dispatch releases it. ReplaceDevice swaps a
+// device under the exclusive lock, so every batch written with the old
+// device is in the segment tails its rebuild then scans.
+func (p *Pool) dispatch(pend []*inflight, b *inflight) (_ []*inflight, busy bool) {
+	group := b.group
 	k, m := int(group[0].k), int(group[0].m)
 	var recs []layout.Record
-	var blocks [][]byte
+	b.blocks = b.blocks[:0]
 	for _, g := range group {
 		recs = append(recs, g.recs...)
-		blocks = append(blocks, g.blocks...)
+		b.blocks = append(b.blocks, g.blocks...)
 	}
-	per := (len(blocks) + k - 1) / k
-	if per == 0 {
-		per = 1
-	}
+	per := max(1, (len(b.blocks)+k-1)/k)
 	hdrLen := layout.HeaderLenFor(len(recs))
 	payLen := uint32(per * layout.BlockSize)
 	chunkLen := int64(hdrLen) + int64(payLen)
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		keep := gcReserve // free segments this batch must leave
-		switch {
-		case group[0].gc:
-			keep = 0
-		case group[0].reserve:
-			keep = gcReserve - 1
-		}
-		// swapMu is held from allocate until the batch is applied (tail
-		// moved) or abandoned: ReplaceDevice swaps a device under it, so
-		// every batch written with the old device is in the segment
-		// tails its rebuild then scans.
-		p.swapMu.Lock()
-		row, off, members, err := p.allocate(uint8(k), uint8(m), chunkLen, keep, group[0].gc)
-		if err != nil {
-			p.swapMu.Unlock()
-			return err
-		}
-		p.seq++
-		var flags uint16
-		if group[0].gc {
-			flags = flagGC
-		} else {
-			for i := range recs {
-				p.counter++
-				recs[i].Version = epoch<<epochShift | p.counter
-			}
-		}
-		h := layout.ChunkHeader{Version: layout.FormatVersion, Flags: flags, Seq: p.seq, Segment: row, K: uint8(k), M: uint8(m),
-			HeaderLen: hdrLen, PayloadLen: payLen, NumBlocks: uint32(len(blocks)), Records: recs}
-		copy(h.Members[:], members)
-		chunks, err := p.encodeBatch(&h, blocks)
-		if err == nil {
-			err = p.writeStripe(row, off, members, chunks, k)
-			if err != nil {
-				p.log.Warn("batch write failed, retrying on other devices", "seq", h.Seq, logkey.Err, err)
-			}
-		}
-		if err == nil {
-			p.m.batches.Inc()
-			p.m.batchBlocks.Observe(float64(len(blocks)))
-			err = p.applyCommitted(&h, row, off, func(i int) []byte { return blocks[i] })
-			p.doneInflight(row)
-			p.swapMu.Unlock()
-			return err
-		}
-		p.doneInflight(row)
-		p.swapMu.Unlock()
-		lastErr = err
+	keep := gcReserve // free segments this batch must leave
+	switch {
+	case group[0].gc:
+		keep = 0
+	case group[0].reserve:
+		keep = gcReserve - 1
 	}
-	return lastErr
+	row, off, members, err := p.allocate(uint8(k), uint8(m), chunkLen, keep, group[0].gc)
+	if err != nil {
+		p.swapMu.RUnlock()
+		if errors.Is(err, errLanesBusy) {
+			return pend, true
+		}
+		ackGroup(group, err)
+		return pend, false
+	}
+	p.seq++
+	var flags uint16
+	if group[0].gc {
+		flags = flagGC
+	} else {
+		for i := range recs {
+			p.counter++
+			recs[i].Version = epoch<<epochShift | p.counter
+		}
+	}
+	b.row, b.off, b.err, b.written = row, off, nil, make(chan struct{})
+	b.h = layout.ChunkHeader{Version: layout.FormatVersion, Flags: flags, Seq: p.seq, Segment: row, K: uint8(k), M: uint8(m),
+		HeaderLen: hdrLen, PayloadLen: payLen, NumBlocks: uint32(len(b.blocks)), Records: recs}
+	copy(b.h.Members[:], members)
+	b.buf = p.chunkBuffer((k + m) * int(chunkLen))
+	chunks, err := p.encodeBatch(&b.h, b.blocks, b.buf)
+	if err != nil {
+		p.chunkBufs = append(p.chunkBufs, b.buf)
+		p.doneInflight(row)
+		p.swapMu.RUnlock()
+		ackGroup(group, err)
+		return pend, false
+	}
+	go func() {
+		// Owned by the committer, which waits for written before it
+		// completes the batch or returns.
+		b.err = p.writeStripe(row, off, members, chunks, k)
+		close(b.written)
+	}()
+	if len(pend) == 0 {
+		b.prep = p.prepareApply(&b.h, row, off)
+	}
+	return append(pend, b), false
 }
 
-// encodeBatch builds the k+m chunks of a batch: data payloads from blocks,
-// parity by Reed-Solomon, then the headers.
-func (p *Pool) encodeBatch(h *layout.ChunkHeader, blocks [][]byte) ([][]byte, error) {
+// complete ends pend[0], whose write has finished: a durable batch is
+// applied to the index and acknowledged; a failed one is written again
+// (on other devices: its segment was sealed when a member failed) up to
+// commitAttempts times. The batches behind it are not affected: each is
+// in its own segment. It returns the rest of pend and retry. Called only
+// by the committer.
+func (p *Pool) complete(pend, retry []*inflight) ([]*inflight, []*inflight) {
+	b := pend[0]
+	pend = pend[1:]
+	p.chunkBufs = append(p.chunkBufs, b.buf)
+	b.buf = nil
+	prep := b.prep
+	b.prep = nil
+	if b.err == nil {
+		p.m.batches.Inc()
+		p.m.batchBlocks.Observe(float64(len(b.blocks)))
+		var err error
+		if prep != nil {
+			err = p.applyPrepared(prep, &b.h, b.row, b.off)
+		} else {
+			err = p.applyCommitted(&b.h, b.row, b.off, func(i int) []byte { return b.blocks[i] })
+		}
+		p.doneInflight(b.row)
+		p.swapMu.RUnlock()
+		ackGroup(b.group, err)
+		return pend, retry
+	}
+	if prep != nil {
+		prep.close()
+	}
+	p.doneInflight(b.row)
+	p.swapMu.RUnlock()
+	b.attempts++
+	if b.attempts >= commitAttempts {
+		ackGroup(b.group, b.err)
+		return pend, retry
+	}
+	p.log.Warn("batch write failed, retrying on other devices", "seq", b.h.Seq, logkey.Err, b.err)
+	return pend, append(retry, b)
+}
+
+// chunkBuffer returns a buffer of n bytes for a batch's chunks from the
+// committer's free list (one per batch in flight), aligned to 4 KiB so
+// that devices may write it with O_DIRECT. Called only by the committer.
+func (p *Pool) chunkBuffer(n int) []byte {
+	for len(p.chunkBufs) > 0 {
+		b := p.chunkBufs[len(p.chunkBufs)-1]
+		p.chunkBufs = p.chunkBufs[:len(p.chunkBufs)-1]
+		if cap(b) >= n {
+			return b[:n]
+		}
+	}
+	return alignedBuffer(n)
+}
+
+// alignedBuffer allocates n bytes starting at a 4 KiB boundary.
+func alignedBuffer(n int) []byte {
+	b := make([]byte, n+layout.BlockSize)
+	o := int(-uintptr(unsafe.Pointer(&b[0])) & (layout.BlockSize - 1))
+	return b[o : o+n : o+n]
+}
+
+// encodeBatch builds the k+m chunks of a batch in buf: data payloads from
+// blocks, parity by Reed-Solomon, then the headers. Headers are written
+// whole by AppendTo, parity by Encode, data payloads and their padding
+// below, so buf may hold an older batch.
+func (p *Pool) encodeBatch(h *layout.ChunkHeader, blocks [][]byte, buf []byte) ([][]byte, error) {
 	k, m := int(h.K), int(h.M)
 	cl := int(h.ChunkLen())
-	// The chunks live in the committer's buffer, reused by the next batch
-	// (writeStripe has returned by then): headers are written whole by
-	// AppendTo, parity by Encode, data payloads below, padding cleared.
-	if need := (k + m) * cl; cap(p.chunkBuf) < need {
-		p.chunkBuf = make([]byte, need)
-	}
 	chunks := make([][]byte, k+m)
 	for i := range chunks {
-		chunks[i] = p.chunkBuf[i*cl : (i+1)*cl : (i+1)*cl]
+		chunks[i] = buf[i*cl : (i+1)*cl : (i+1)*cl]
 	}
 	per := h.PerChunk()
 	for b, blk := range blocks {
@@ -269,7 +458,7 @@ func (p *Pool) writeStripe(row uint32, off int64, members []uint8, chunks [][]by
 				p.failDevice(d, err)
 				return
 			}
-			if err := d.dev.Sync(); err != nil {
+			if err := d.syncs.sync(d.dev); err != nil {
 				d.writeErrs.Add(1)
 				errs[i] = err
 				p.failDevice(d, err)
@@ -300,16 +489,42 @@ func (p *Pool) devices() []*devSlot {
 	return p.mu.devs
 }
 
-// allocate reserves chunkLen bytes in the open segment of policy k+m,
-// opening a new segment if needed.
-// A new segment is opened only if more than keep free segments remain.
-// Cleaner batches (gc) go to their own open segment.
+// errLanesBusy means that every open segment of the policy has a batch in
+// flight and no other may be opened now: the committer waits for a batch
+// to complete.
+var errLanesBusy = errors.New("pool: every open segment of the policy has a batch in flight")
+
+// allocate reserves chunkLen bytes in an open segment of policy k+m that
+// has no batch in flight (a lane), opening a new segment if needed.
+// Cleaner batches (gc) go to their own open segments.
+//
+// INVARIANT: a segment has at most one batch in flight. So a batch is
+// written only after the one before it in its segment is durable, and a
+// segment's log is torn at most at its end: replay's rule (a torn batch
+// followed by a valid one is corruption) holds with several batches in
+// flight, and no batch written later survives behind a lost one.
+//
+// Lane 0 is used whenever it is idle; another lane opens a segment only
+// while more than keep+pipelineDepth segments are free, so that lanes
+// never eat into the cleaner's reserve. A segment is opened only if more
+// than keep free segments remain.
 func (p *Pool) allocate(k, m uint8, chunkLen int64, keep int, gc bool) (uint32, int64, []uint8, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	key := openKey(k, m, gc)
-	if row, ok := p.mu.open[key]; ok {
+	lane := -1 // the first lane without an open segment
+	for l := range pipelineDepth {
+		key := laneKey(k, m, gc, l)
+		row, ok := p.mu.open[key]
+		if !ok {
+			if lane < 0 {
+				lane = l
+			}
+			continue
+		}
 		s := p.mu.segs[row]
+		if s.inflight > 0 {
+			continue
+		}
 		// Keep appending while the segment uses as many healthy devices
 		// as the pool has (a degraded segment is sealed once a replaced
 		// device is back).
@@ -331,7 +546,14 @@ func (p *Pool) allocate(k, m uint8, chunkLen int64, keep int, gc bool) (uint32, 
 		s.sealed = true
 		p.mu.sealed = append(p.mu.sealed, row)
 		delete(p.mu.open, key)
+		if lane < 0 {
+			lane = l
+		}
 	}
+	if lane < 0 || (lane > 0 && p.rows-len(p.mu.segs) <= keep+pipelineDepth) {
+		return 0, 0, nil, errLanesBusy
+	}
+	key := laneKey(k, m, gc, lane)
 	var healthy, absent []uint8
 	for _, d := range p.mu.devs {
 		if d.healthy() {
@@ -384,13 +606,68 @@ func (p *Pool) doneInflight(row uint32) {
 	}
 }
 
-// openKey is the key of p.mu.open: the policy, with the high bit of m
-// set for the cleaner's segment.
-func openKey(k, m uint8, gc bool) [2]uint8 {
+// openKey is the key of p.mu.open for lane 0: the policy, with the high
+// bit of m set for the cleaner's segment.
+func openKey(k, m uint8, gc bool) [2]uint8 { return laneKey(k, m, gc, 0) }
+
+// laneKey is the key of p.mu.open for a lane: openKey with the lane in
+// the top three bits of k (k is at most layout.MaxMembers).
+func laneKey(k, m uint8, gc bool, lane int) [2]uint8 {
 	if gc {
 		m |= 0x80
 	}
-	return [2]uint8{k, m}
+	return [2]uint8{k | uint8(lane)<<5, m}
+}
+
+// prepared is the index work of a batch done while it is written
+// (prepareApply): its pebble batch with the records' entries, and the
+// applier holding the live deltas.
+type prepared struct {
+	b *pebble.Batch
+	a *applier
+}
+
+func (pr *prepared) close() {
+	pr.a.close()
+	pr.b.Close()
+}
+
+// prepareApply does the index work of batch h at (row, off) that needs no
+// durability (applyRecords) while the batch is written, so that only
+// batchState, finishState and the commit remain once it is durable. It
+// does so only for a batch of data records that is the only one in
+// flight: nothing else is applied before it, so the index it reads is the
+// one it will be applied to (meta records change volumes, and are applied
+// the usual way). It returns nil when it does not apply, or on an error
+// (applyCommitted then redoes the work and reports it).
+// Called only by the committer.
+func (p *Pool) prepareApply(h *layout.ChunkHeader, row uint32, off int64) *prepared {
+	for i := range h.Records {
+		if h.Records[i].Kind != layout.KindData {
+			return nil
+		}
+	}
+	b := p.db.NewBatch()
+	a, err := p.applyRecords(b, h, row, off, nil)
+	if err != nil {
+		b.Close()
+		return nil
+	}
+	return &prepared{b: b, a: a}
+}
+
+// applyPrepared indexes a durable batch whose records prepareApply
+// applied.
+func (p *Pool) applyPrepared(pr *prepared, h *layout.ChunkHeader, row uint32, off int64) error {
+	p.segMu.Lock()
+	defer p.segMu.Unlock()
+	defer pr.close()
+	p.batchState(pr.b, h, row, off)
+	p.finishState(pr.b, pr.a, h.Seq, row)
+	if err := pr.b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("pool: index commit: %w", err)
+	}
+	return nil
 }
 
 // applyCommitted indexes a durable batch written at (row, off).
@@ -782,11 +1059,47 @@ func (p *Pool) load(ctx context.Context) error {
 		p.seq = maxSeq
 	}
 	p.lastSeq.Store(p.seq)
-	// Reopen the non-sealed segments for appends.
+	if err := p.reopenSegments(found); err != nil {
+		return err
+	}
+	if len(found) > 0 || len(torn) > 0 {
+		p.log.Info("log replayed", "batches", len(found), "torn", len(torn), "from_seq", cp.seq, "to_seq", p.seq)
+	}
+	return nil
+}
+
+// reopenSegments picks, per open key (policy, cleaner or not), the
+// segment that takes appends after Open and seals the other non-sealed
+// ones. The segment written last (highest batch seq found by replay; then
+// the index's one, whose batches are all at or below the checkpoint) is
+// kept open, so that the segments filled before it are sealed and the
+// cleaner may take them. After Recover every segment is found by replay
+// and none is marked sealed: an arbitrary choice here (map order) used to
+// leave an older, garbage-holding segment open, where the cleaner never
+// looks, for as long as no write sealed it.
+//
+// The segments it seals are recorded in the index at once: after Recover,
+// no later Open could tell which segment was written last.
+func (p *Pool) reopenSegments(found []scanned) error {
+	last := map[uint32]uint64{}
+	for i := range found {
+		last[found[i].row] = max(last[found[i].row], found[i].h.Seq)
+	}
+	rows := make([]uint32, 0, len(p.mu.segs))
 	for row, s := range p.mu.segs {
-		if s.sealed {
-			continue
+		if !s.sealed {
+			rows = append(rows, row)
 		}
+	}
+	// Ascending (last seq, row): the last candidate of each key wins.
+	sort.Slice(rows, func(i, j int) bool {
+		if a, b := last[rows[i]], last[rows[j]]; a != b {
+			return a < b
+		}
+		return rows[i] < rows[j]
+	})
+	for _, row := range rows {
+		s := p.mu.segs[row]
 		key := openKey(s.k, s.m, s.gc)
 		if cur, ok := p.mu.open[key]; ok {
 			p.mu.segs[cur].sealed = true
@@ -794,9 +1107,20 @@ func (p *Pool) load(ctx context.Context) error {
 		}
 		p.mu.open[key] = row
 	}
-	if len(found) > 0 || len(torn) > 0 {
-		p.log.Info("log replayed", "batches", len(found), "torn", len(torn), "from_seq", cp.seq, "to_seq", p.seq)
+	if len(p.mu.sealed) == 0 {
+		return nil
 	}
+	b := p.db.NewBatch()
+	defer b.Close()
+	for _, r := range p.mu.sealed {
+		if err := b.Set(segKey(r), p.mu.segs[r].appendTo(nil, r, r), nil); err != nil {
+			return fmt.Errorf("pool: index: %w", err)
+		}
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("pool: index commit: %w", err)
+	}
+	p.mu.sealed = p.mu.sealed[:0]
 	return nil
 }
 

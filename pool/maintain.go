@@ -323,8 +323,8 @@ func (p *Pool) AddDevice(ctx context.Context, path string) error {
 // list yet (a ReplaceDevice or AddDevice cut short by a crash) would be
 // lost, and the batch with it.
 //
-//  1. Take swapMu: no batch is in flight (commit holds it from allocate
-//     to apply), and none starts with the old list.
+//  1. Take swapMu: no batch is in flight (each holds it shared from
+//     allocate to apply), and none starts with the old list.
 //  2. Take poolFileMu: no other pool.json write can land between ours
 //     and the switch, putting the old list back.
 //  3. Write and sync pool.json with the new list and the marks.

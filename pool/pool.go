@@ -73,18 +73,19 @@ type Pool struct {
 	// before it starts).
 	seq     uint64
 	counter uint64
-	// chunkBuf backs the chunks of the batch being written; owned by the
-	// committer (encodeBatch), reused from batch to batch.
-	chunkBuf []byte
+	// chunkBufs are free chunk buffers (4 KiB aligned), one per batch in
+	// flight at most; owned by the committer (dispatch and complete).
+	chunkBufs [][]byte
 
 	encMu sync.Mutex
 	encs  map[[2]int]reedsolomon.Encoder
 
-	// swapMu is held by commit from allocate until its batch is applied
-	// and by ReplaceDevice while it swaps in the new device, so that no
-	// batch written with the old device is applied after the rebuild
-	// took its list of segments and tails.
-	swapMu sync.Mutex
+	// swapMu is held shared by each batch in flight, from allocate until
+	// it is applied or abandoned, and exclusively by ReplaceDevice while
+	// it swaps in the new device, so that no batch written with the old
+	// device is applied after the rebuild took its list of segments and
+	// tails.
+	swapMu sync.RWMutex
 	// repairMu serialises stripe repairs; freeSegment holds it while it
 	// frees a segment (see scrubStripe).
 	repairMu sync.Mutex

@@ -940,7 +940,7 @@ func (p *Pool) batchState(b *pebble.Batch, h *layout.ChunkHeader, row uint32, of
 		s.minVer = minVer
 	}
 	s.parity += int64(h.M) * h.ChunkLen()
-	b.Set(segKey(row), s.appendTo(nil), nil)
+	b.Set(segKey(row), s.appendTo(nil, row, row), nil)
 	if h.Seq > p.seq {
 		p.seq = h.Seq
 	}
@@ -956,21 +956,34 @@ func (p *Pool) batchState(b *pebble.Batch, h *layout.ChunkHeader, row uint32, of
 
 // finishState adds the applier's live deltas to the segments and volumes,
 // persists the segments sealed since the last batch and the checkpoint.
-func (p *Pool) finishState(b *pebble.Batch, a *applier, seq uint64) {
+// row is the segment of the batch being applied (still counted in flight
+// there).
+//
+// A sealed segment is recorded as sealed only once no batch is in flight
+// there but this one (see segState.appendTo): until then it stays in
+// p.mu.sealed.
+func (p *Pool) finishState(b *pebble.Batch, a *applier, seq uint64, row uint32) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for r, d := range a.live {
 		if ss := p.mu.segs[r]; ss != nil && d != 0 {
 			ss.live += d
-			b.Set(segKey(r), ss.appendTo(nil), nil)
+			b.Set(segKey(r), ss.appendTo(nil, r, row), nil)
 		}
 	}
+	later := p.mu.sealed[:0]
 	for _, r := range p.mu.sealed {
-		if ss := p.mu.segs[r]; ss != nil {
-			b.Set(segKey(r), ss.appendTo(nil), nil)
+		ss := p.mu.segs[r]
+		if ss == nil {
+			continue
 		}
+		if ss.inflight > 1 || (ss.inflight == 1 && r != row) {
+			later = append(later, r)
+			continue
+		}
+		b.Set(segKey(r), ss.appendTo(nil, r, row), nil)
 	}
-	p.mu.sealed = p.mu.sealed[:0]
+	p.mu.sealed = later
 	for id, n := range a.vabs {
 		if vm := p.mu.volByID[id]; vm != nil {
 			vm.live = n
@@ -987,12 +1000,26 @@ func (p *Pool) finishState(b *pebble.Batch, a *applier, seq uint64) {
 
 // applyBatch applies batch h at (row, off) (the committer's path).
 func (p *Pool) applyBatch(b *pebble.Batch, h *layout.ChunkHeader, row uint32, off int64, block func(int) []byte) error {
-	a, err := p.newApplier(b, false)
+	a, err := p.applyRecords(b, h, row, off, block)
 	if err != nil {
 		return err
 	}
 	defer a.close()
 	p.batchState(b, h, row, off)
+	p.finishState(b, a, h.Seq, row)
+	return nil
+}
+
+// applyRecords adds the index entries of the records of batch h at (row,
+// off) to b: the part of applyBatch that changes no shared state (the
+// caller then adds batchState and finishState, and closes the applier).
+// For a batch of data records alone, the committer does it while the
+// batch is written (see prepareApply).
+func (p *Pool) applyRecords(b *pebble.Batch, h *layout.ChunkHeader, row uint32, off int64, block func(int) []byte) (*applier, error) {
+	a, err := p.newApplier(b, false)
+	if err != nil {
+		return nil, err
+	}
 	blk := 0
 	for i := range h.Records {
 		r := &h.Records[i]
@@ -1002,14 +1029,15 @@ func (p *Pool) applyBatch(b *pebble.Batch, h *layout.ChunkHeader, row uint32, of
 			blk++
 		}
 		if err := a.record(r, h, row, off, bi, block); err != nil {
-			return err
+			a.close()
+			return nil, err
 		}
 	}
 	if err := a.finish(); err != nil {
-		return err
+		a.close()
+		return nil, err
 	}
-	p.finishState(b, a, h.Seq)
-	return nil
+	return a, nil
 }
 
 // replay applies the batches found by Open's scan (sorted by seq): their
@@ -1062,7 +1090,7 @@ func (p *Pool) replay(found []scanned) error {
 	if err := a.finish(); err != nil {
 		return err
 	}
-	p.finishState(b, a, found[len(found)-1].h.Seq)
+	p.finishState(b, a, found[len(found)-1].h.Seq, found[len(found)-1].row)
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("pool: index commit: %w", err)
 	}

@@ -107,6 +107,11 @@ func crashWriterMain() int {
 			rng := newRand(seed, uint64(w))
 			for {
 				n := 1 + rng.IntN(8)
+				if rng.IntN(8) == 0 {
+					// Large writes: batches that the committer writes
+					// while others are in flight (in other segments).
+					n = 64 + rng.IntN(65)
+				}
 				lba := rng.Int64N(blocks - int64(n) + 1)
 				unmap := rng.IntN(10) == 0
 				fua := rng.IntN(3) != 0

@@ -124,23 +124,31 @@ func TestCrashMem(t *testing.T) {
 		points = 200
 	}
 	for _, c := range []struct {
-		name    string
-		devices int
-	}{{"1+0", 1}, {"2+1", 3}, {"4+2", 6}} {
+		name     string
+		devices  int
+		segments int
+		points   int
+	}{
+		{"1+0", 1, 5, points}, {"2+1", 3, 5, points}, {"4+2", 6, 5, points},
+		// Room for the committer's lanes: large writes from several
+		// workers are in flight together, each batch in its own segment.
+		{"2+1-lanes", 3, 16, points / 2},
+	} {
 		t.Run(c.name, func(t *testing.T) {
-			crashMemPolicy(t, seed+uint64(c.devices)*1000, c.devices, points)
+			crashMemPolicy(t, seed+uint64(c.devices)*1000+uint64(c.segments), c.devices, c.segments, c.points)
 		})
 	}
 }
 
-func crashMemPolicy(t *testing.T, seed uint64, devices, points int) {
+func crashMemPolicy(t *testing.T, seed uint64, devices, segments, points int) {
 	ctx := testContext(t, 3*time.Minute)
 	dir := t.TempDir()
 	const blocks = 2048
 	const volume = "mem"
 	// Five segments per device: the workload's log fills them, so the
 	// cleaner (GCInterval 2 ms) runs and crashes in the middle of passes.
-	const devSize = superblockArea + 5*testSegmentSize
+	// With more, the committer has room for its lanes.
+	devSize := superblockArea + int64(segments)*testSegmentSize
 	disks := newMemDisks()
 	var paths []string
 	for i := range devices {
