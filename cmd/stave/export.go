@@ -212,6 +212,7 @@ func (e *exporter) exportLocked(ctx context.Context, s *volume.Spec) error {
 	if x.rep != nil {
 		x.rep.setLU(lu)
 		x.target.PortGroup, x.target.RelativePortBase, x.target.Peers = x.rep.group, x.rep.group<<8, x.rep.peers()
+		x.target.Lead = x.rep.lead()
 	}
 	e.mu.Lock()
 	e.mu.byIQ[iqn] = x
@@ -237,14 +238,15 @@ func newTarget(s *volume.Spec, dev scsi.Device) *iscsi.Target {
 // HAS CHANGED.
 // REQUIRES: e.opMu held.
 func (e *exporter) updateLocked(ctx context.Context, x *exported, s *volume.Spec) error {
-	var peers []string
+	var peers, lead []string
 	if x.rep != nil {
 		x.rep.setSpec(s)
-		peers = x.rep.peers()
+		peers, lead = x.rep.peers(), x.rep.lead()
 	}
-	if !slices.Equal(x.spec.ACL, s.ACL) || !reflect.DeepEqual(x.spec.CHAP, s.CHAP) || !slices.Equal(x.target.Peers, peers) {
+	if !slices.Equal(x.spec.ACL, s.ACL) || !reflect.DeepEqual(x.spec.CHAP, s.CHAP) || !slices.Equal(x.target.Peers, peers) ||
+		!slices.Equal(x.target.Lead, lead) {
 		nt := newTarget(s, x.target.Device)
-		nt.PortGroup, nt.RelativePortBase, nt.Peers = x.target.PortGroup, x.target.RelativePortBase, peers
+		nt.PortGroup, nt.RelativePortBase, nt.Peers, nt.Lead = x.target.PortGroup, x.target.RelativePortBase, peers, lead
 		e.mu.Lock()
 		x.target = nt
 		e.mu.Unlock()
@@ -424,6 +426,28 @@ func (e *exporter) Sessions() []adminapi.Session {
 		})
 	}
 	return out
+}
+
+// stopReplicated unexports every replicated volume: the node gives up
+// their ownership (its lease is revoked, so another holder takes over at
+// once) and floating addresses. The daemon calls it when shutdown starts,
+// before the iSCSI server drains, so that a stopping owner hands over
+// instead of holding the volumes through the drain.
+func (e *exporter) stopReplicated() {
+	e.opMu.Lock()
+	defer e.opMu.Unlock()
+	e.mu.RLock()
+	var names []string
+	for _, x := range e.mu.byIQ {
+		if x.rep != nil {
+			names = append(names, x.spec.Name)
+		}
+	}
+	e.mu.RUnlock()
+	for _, name := range names {
+		e.held[name] = true // the reconcile loop must not export it again
+		e.unexportLocked(name)
+	}
 }
 
 // closeAll closes every backing file; called once the server has stopped

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -86,7 +87,14 @@ func volumePortals(ctx context.Context, log *slog.Logger, pc portalCluster, sp *
 		}
 	}
 	if len(out) == 0 {
-		return slices.Clone(own)
+		out = slices.Clone(own)
+	}
+	// A floating portal address follows the owner: it goes first (the
+	// targetPortal), on the port of the first portal.
+	if f, err := netip.ParsePrefix(sp.FloatingIP); err == nil && len(out) > 0 {
+		if _, port, err := net.SplitHostPort(out[0]); err == nil {
+			out = append([]string{net.JoinHostPort(f.Addr().String(), port)}, out...)
+		}
 	}
 	return out
 }

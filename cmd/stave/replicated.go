@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -84,8 +85,10 @@ type replicaHost struct {
 	// nports is the number of this node's iSCSI portals.
 	nports int
 	// floatLink is the interface for floating portal addresses; "":
-	// this node holds none.
-	floatLink string
+	// this node holds none. portalPort is the port of the node's first
+	// portal, on which a floating address is reached.
+	floatLink  string
+	portalPort string
 	// tls is the client side of replication connections; nil: plain TCP.
 	tls *tls.Config
 	// cat and replaceAfter: an owner moves the copy of a holder that has
@@ -153,6 +156,9 @@ type replica struct {
 		cancel context.CancelFunc
 		done   chan struct{}
 	}
+	// until is the current lease deadline (Serve) in Unix nanoseconds:
+	// the floating address is renewed only before it.
+	until atomic.Int64
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -508,6 +514,17 @@ func (r *replica) refreshPorts(ctx context.Context) {
 	r.mu.Unlock()
 }
 
+// lead returns the TargetAddress of the volume's floating portal address
+// (announced first by SendTargets), nil when it has none.
+func (r *replica) lead() []string {
+	sp := r.specNow()
+	p, err := netip.ParsePrefix(sp.FloatingIP)
+	if err != nil || r.h.portalPort == "" {
+		return nil
+	}
+	return []string{net.JoinHostPort(p.Addr().String(), r.h.portalPort) + ",1"}
+}
+
 // peers returns the other holders' TargetAddress values.
 func (r *replica) peers() []string {
 	r.mu.Lock()
@@ -578,11 +595,7 @@ func (r *replica) Serve(epoch uint64, until time.Time) {
 		return
 	}
 	v.SetLeaseDeadline(until)
-	if c, ok := r.floatConfig(); ok && r.mu.serving {
-		if err := floatip.Renew(c); err != nil {
-			r.log.Warn("floating portal address not renewed", logkey.Err, err)
-		}
-	}
+	r.until.Store(until.UnixNano())
 	first := !r.mu.serving
 	r.mu.serving = true
 	if first {
@@ -635,6 +648,24 @@ func (r *replica) claimFloating() {
 		defer close(done)
 		if err := floatip.Claim(ctx, c); err != nil && ctx.Err() == nil {
 			r.log.Error("floating portal address not claimed: hosts without multipath cannot reach the volume through it", logkey.Err, err)
+		}
+		// Renew the address's lifetime (the lease TTL) while the lease is
+		// certainly alive, off the driver's loop: a node that stops
+		// getting keepalives loses the address with its lease.
+		t := time.NewTicker(max(r.h.ttl/4, 100*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if time.Now().UnixNano() >= r.until.Load() {
+				continue
+			}
+			if err := floatip.Renew(c); err != nil && ctx.Err() == nil {
+				r.log.Warn("floating portal address not renewed", logkey.Err, err)
+			}
 		}
 	}()
 }

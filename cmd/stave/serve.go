@@ -227,6 +227,11 @@ func serveAction(c *cli.Context) error {
 		reps.nports = len(o.portals)
 		reps.cat, reps.replaceAfter = cat, cfg.Replication.ReplaceAfter
 		reps.floatLink = cfg.Replication.FloatingInterface
+		if len(o.portals) > 0 {
+			if _, port, err := net.SplitHostPort(o.portals[0].Listen); err == nil {
+				reps.portalPort = port
+			}
+		}
 		if repServerTLS, reps.tls, err = replicationTLS(cfg.Replication.TLSCert, cfg.Replication.TLSKey, cfg.Replication.TLSCA); err != nil {
 			return err
 		}
@@ -307,6 +312,9 @@ func serveAction(c *cli.Context) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	context.AfterFunc(gctx, notifyStopping)
+	// Replicated volumes hand over to another holder as soon as shutdown
+	// starts, not after the iSCSI drain.
+	context.AfterFunc(gctx, exp.stopReplicated)
 	g.Go(func() error { return srv.Serve(gctx) })
 	g.Go(func() error { return api.Serve(gctx, ln) })
 	g.Go(func() error { return cat.Run(gctx) })

@@ -32,14 +32,14 @@ func TestClusterTarget(t *testing.T) {
 	var self string
 	ts := startServer(t, func(c *Config) {
 		c.Targets = staticTargets{{Name: testTarget, Device: dev, PortGroup: 3, RelativePortBase: 0x300,
-			Peers: []string{"192.0.2.7:3260,1", "192.0.2.8:3260,1"}}}
+			Peers: []string{"192.0.2.7:3260,1", "192.0.2.8:3260,1"}, Lead: []string{"192.0.2.100:3260,1"}}}
 	})
 	self = ts.addr + ",1"
 	ts.srv.cfg.Targets.(staticTargets)[0].Peers = append(ts.srv.cfg.Targets.(staticTargets)[0].Peers, self)
 	ti := newInitiator(t, dialTCP(t, ts.addr), 3)
 	ti.login(testTarget)
 	got := ti.sendTargets("")
-	want := []string{"TargetName=" + testTarget, "TargetAddress=" + self,
+	want := []string{"TargetName=" + testTarget, "TargetAddress=192.0.2.100:3260,1", "TargetAddress=" + self,
 		"TargetAddress=192.0.2.7:3260,1", "TargetAddress=192.0.2.8:3260,1"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("SendTargets:\n got %q\nwant %q", got, want)

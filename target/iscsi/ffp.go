@@ -92,8 +92,9 @@ func (c *conn) sendTextChunk(h BHS) {
 
 // sendTargets appends the SendTargets answer (RFC 7143 Appendix C): every
 // target the initiator may use (All), the named one, or for an empty value
-// the session's target, each with every portal as TargetAddress, then the
-// portals of the other nodes that serve it (Target.Peers).
+// the session's target, each with its leading addresses (Target.Lead),
+// every portal of this server and the portals of the other nodes that
+// serve it (Target.Peers) as TargetAddress, each once.
 func (c *conn) sendTargets(b []byte, val string) []byte {
 	s := c.sess
 	src := c.srv.cfg.Targets
@@ -118,12 +119,13 @@ func (c *conn) sendTargets(b []byte, val string) []byte {
 	addrs := c.advertise()
 	for _, t := range list {
 		b = login.AppendText(b, login.KeyValue{Key: "TargetName", Value: t.Name})
-		for _, a := range addrs {
-			b = login.AppendText(b, login.KeyValue{Key: "TargetAddress", Value: a})
-		}
-		for _, a := range t.Peers {
-			if !slices.Contains(addrs, a) {
-				b = login.AppendText(b, login.KeyValue{Key: "TargetAddress", Value: a})
+		var sent []string
+		for _, list := range [][]string{t.Lead, addrs, t.Peers} {
+			for _, a := range list {
+				if !slices.Contains(sent, a) {
+					sent = append(sent, a)
+					b = login.AppendText(b, login.KeyValue{Key: "TargetAddress", Value: a})
+				}
 			}
 		}
 	}

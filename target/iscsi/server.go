@@ -57,6 +57,10 @@ type Target struct {
 	// nodes that serve the target; SendTargets announces them after this
 	// server's own portals.
 	Peers []string
+	// Lead are TargetAddress values SendTargets announces before this
+	// server's own portals (a floating portal address that follows the
+	// target's owner).
+	Lead []string
 }
 
 // allows reports whether initiator may use t. iSCSI names compare without
