@@ -160,6 +160,24 @@ func (n *clusterNode) waitStates(t *testing.T, want map[string]string) ([]admina
 	return nil, 0
 }
 
+// startTogether starts every node of ns at once with start (an embedded
+// etcd member becomes ready only once a majority runs) and fails t when
+// one of them does not come up.
+func startTogether(t *testing.T, ns []*clusterNode, start func(i int, n *clusterNode) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make([]error, len(ns))
+	for i, n := range ns {
+		wg.Go(func() { errs[i] = start(i, n) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // requireLoopbackAlias fails t unless ip can be bound (Linux routes all
 // of 127.0.0.0/8 to lo).
 func requireLoopbackAlias(t *testing.T, ip string) {
@@ -192,17 +210,7 @@ func TestClusterMembership(t *testing.T) {
 
 	// 1. Formation: the members wait for each other, so start them together.
 	start := time.Now()
-	var wg sync.WaitGroup
-	errs := make([]error, len(ns))
-	for i, n := range ns {
-		wg.Go(func() { errs[i] = n.startErr() })
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	startTogether(t, ns, func(_ int, n *clusterNode) error { return n.startErr() })
 	nodes, _ := c.waitStates(t, map[string]string{"n1": "up", "n2": "up", "n3": "up"})
 	t.Logf("cluster of 3 formed and registered in %v", time.Since(start).Round(time.Millisecond))
 	if len(nodes) != 3 {

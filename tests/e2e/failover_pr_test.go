@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -266,17 +265,7 @@ func startReplicatedCluster(t *testing.T, ips []string, vol string) ([]*clusterN
 		n.setArgs("--initial-cluster", strings.Join(initial, ","),
 			"--replication-listen", net.JoinHostPort(ips[i], strconv.Itoa(freePort(t))))
 	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(ns))
-	for i, n := range ns {
-		wg.Go(func() { errs[i] = n.startErr() })
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	startTogether(t, ns, func(_ int, n *clusterNode) error { return n.startErr() })
 	ns[0].waitStates(t, map[string]string{"n1": "up", "n2": "up", "n3": "up"})
 	ns[0].MustCLI("volume", "create", vol, "--size", "64MiB", "--replicas", "3")
 	v, err := volumeJSON(ns[0].daemon, vol)

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -529,48 +528,10 @@ func finishFailover(t *testing.T, w *failoverWriter, m *initiator.Multipath, c i
 // not asserted (the goal is p99 under 5 s).
 func TestClusterFailover(t *testing.T) {
 	requireE2E(t)
-	ips := []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}
-	for _, ip := range ips {
-		requireLoopbackAlias(t, ip)
-	}
-	staveBinary(t)
 	testStart := time.Now()
 	runs := failoverRuns(t)
-	ns := make([]*clusterNode, 3)
-	var initial []string
-	for i := range ns {
-		ns[i] = newClusterNode(t, fmt.Sprintf("n%d", i+1), ips[i])
-		initial = append(initial, ns[i].name+"="+ns[i].peer)
-	}
-	for i, n := range ns {
-		n.setArgs("--initial-cluster", strings.Join(initial, ","),
-			"--replication-listen", net.JoinHostPort(ips[i], strconv.Itoa(freePort(t))))
-	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(ns))
-	for i, n := range ns {
-		wg.Go(func() { errs[i] = n.startErr() })
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	ns[0].waitStates(t, map[string]string{"n1": "up", "n2": "up", "n3": "up"})
 	const vol = "failover"
-	ns[0].MustCLI("volume", "create", vol, "--size", "64MiB", "--replicas", "3")
-	v, err := volumeJSON(ns[0].daemon, vol)
-	if err != nil {
-		t.Fatal(err)
-	}
-	target, _ := v["target"].(string)
-	if target == "" {
-		target = "iqn.2026-11.dev.stave:" + vol
-	}
-	if _, err := waitInSync(ns[0], vol, 3, clusterWaitTimeout); err != nil {
-		t.Fatal(err)
-	}
+	ns, target := startReplicatedCluster(t, []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}, vol)
 
 	var mlog syncBuffer
 	t.Cleanup(func() {

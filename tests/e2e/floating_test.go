@@ -349,17 +349,7 @@ func TestClusterFloatingIP(t *testing.T) {
 		i := slices.Index(n.args, "--portal")
 		n.args[i+1] = "0.0.0.0:3260"
 	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(ns))
-	for i, n := range ns {
-		wg.Go(func() { errs[i] = startInNetns(lab, n, lab.nodes[i]) })
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	startTogether(t, ns, func(i int, n *clusterNode) error { return startInNetns(lab, n, lab.nodes[i]) })
 	ns[0].waitStates(t, map[string]string{"n1": "up", "n2": "up", "n3": "up"})
 	ns[0].MustCLI("volume", "create", floatVol, "--size", "64MiB", "--replicas", "3", "--floating-ip", floatPrefix)
 	v, err := volumeJSON(ns[0].daemon, floatVol)

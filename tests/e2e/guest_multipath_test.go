@@ -2,11 +2,9 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -350,17 +348,7 @@ func TestGuestMultipathFailover(t *testing.T) {
 			"--advertise", guestPortal(n),
 			"--replication-listen", net.JoinHostPort(ips[i], strconv.Itoa(freePort(t))))
 	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(ns))
-	for i, n := range ns {
-		wg.Go(func() { errs[i] = n.startErr() })
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	startTogether(t, ns, func(_ int, n *clusterNode) error { return n.startErr() })
 	ns[0].waitStates(t, map[string]string{"n1": "up", "n2": "up", "n3": "up"})
 	ns[0].MustCLI("volume", "create", gfVolume, "--size", gfVolumeSize, "--replicas", "2")
 	if _, err := waitInSync(ns[0], gfVolume, 2, clusterWaitTimeout); err != nil {
@@ -685,33 +673,6 @@ func gfKernelLog(console string, from float64, max int) string {
 		}
 	}
 	return b.String()
-}
-
-// runGuestScriptText is runGuestScript for a script held in a string:
-// it boots the guest with script, preceded by one shell assignment per
-// var (sorted), and returns the parsed console, the console itself and
-// how long the run took. The console is saved as guest-console.log and
-// printed if the test fails; a boot error fails the test.
-func runGuestScriptText(t *testing.T, qemu string, img guestImage, name, script string, vars map[string]string) (guestRun, string, time.Duration) {
-	t.Helper()
-	var full bytes.Buffer
-	for _, k := range slices.Sorted(maps.Keys(vars)) {
-		fmt.Fprintf(&full, "%s='%s'\n", k, vars[k])
-	}
-	full.WriteString(script)
-	start := time.Now()
-	console, err := bootGuest(t, qemu, img, full.Bytes())
-	elapsed := time.Since(start)
-	saveLog(t, "guest-console.log", console)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("guest console (%s, %v):\n%s", name, elapsed.Round(time.Second), console)
-		}
-	})
-	if err != nil {
-		t.Errorf("guest: %v", err)
-	}
-	return parseGuestConsole(console), console, elapsed
 }
 
 // TestGuestFailoverConsoleParsing checks the console helpers of

@@ -468,11 +468,22 @@ func runGuestScript(t *testing.T, qemu string, img guestImage, name string, vars
 	if err != nil {
 		t.Fatal(err)
 	}
+	run, _, elapsed := runGuestScriptText(t, qemu, img, name, string(script), vars)
+	return run, elapsed
+}
+
+// runGuestScriptText is runGuestScript for a script held in a string:
+// it boots the guest with script, preceded by one shell assignment per
+// var (sorted), and returns the parsed console, the console itself and
+// how long the run took. The console is saved as guest-console.log and
+// printed if the test fails; a boot error fails the test.
+func runGuestScriptText(t *testing.T, qemu string, img guestImage, name, script string, vars map[string]string) (guestRun, string, time.Duration) {
+	t.Helper()
 	var full bytes.Buffer
 	for _, k := range slices.Sorted(maps.Keys(vars)) {
 		fmt.Fprintf(&full, "%s='%s'\n", k, vars[k])
 	}
-	full.Write(script)
+	full.WriteString(script)
 	start := time.Now()
 	console, err := bootGuest(t, qemu, img, full.Bytes())
 	elapsed := time.Since(start)
@@ -485,5 +496,5 @@ func runGuestScript(t *testing.T, qemu string, img guestImage, name string, vars
 	if err != nil {
 		t.Errorf("guest: %v", err)
 	}
-	return parseGuestConsole(console), elapsed
+	return parseGuestConsole(console), console, elapsed
 }

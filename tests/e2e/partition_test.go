@@ -395,17 +395,7 @@ func TestClusterPartition(t *testing.T) {
 		n.setArgs("--initial-cluster", strings.Join(initial, ","),
 			"--replication-listen", net.JoinHostPort(n.ip, "7450"))
 	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(ns))
-	for i, n := range ns {
-		wg.Go(func() { errs[i] = startInNetns(lab, n, lab.nodes[i]) })
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	startTogether(t, ns, func(i int, n *clusterNode) error { return startInNetns(lab, n, lab.nodes[i]) })
 	ns[0].waitStates(t, map[string]string{"n1": "up", "n2": "up", "n3": "up"})
 	const vol = "partition"
 	ns[0].MustCLI("volume", "create", vol, "--size", strconv.Itoa(partitionVolBytes>>20)+"MiB", "--replicas", "3")

@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -46,17 +45,7 @@ func TestClusterReplaceNode(t *testing.T) {
 		n.setArgs(append(etcd, "--replication-listen", net.JoinHostPort(ips[i], strconv.Itoa(freePort(t))),
 			"--replace-after", "3s")...)
 	}
-	var wg sync.WaitGroup
-	errs := make([]error, 3)
-	for i, n := range ns[:3] {
-		wg.Go(func() { errs[i] = n.startErr() })
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	startTogether(t, ns[:3], func(_ int, n *clusterNode) error { return n.startErr() })
 	if err := ns[3].startErr(); err != nil {
 		t.Fatal(err)
 	}
