@@ -307,13 +307,30 @@ func TestK8sPortalsFromEtcd(t *testing.T) {
 	// On the other node: its portal from its record, the wildcard dropped.
 	setSpec(other, nil)
 	wantPV("kv on the other node", otherPortal)
-	// Replicated on both, other first in placement order; the status
-	// names the serving node, which comes first.
-	setStatus(other)
+	// Held by both, other first in placement order; the status names the
+	// serving node, which comes first. The spec keeps the file backend, so
+	// this daemon exports kv again and writes a status naming itself: wait
+	// for that before writing the other node's status, or the daemon's
+	// write may land last.
 	setSpec(other, []string{other, self.ID})
-	wantPV("kv replicated, served by the other node", otherPortal, own)
-	setStatus(self.ID)
+	for {
+		resp, err := etcd.Get(ctx, cluster.VolumeStatusKey("kv"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st cluster.VolumeStatus
+		if len(resp.Kvs) == 1 && json.Unmarshal(resp.Kvs[0].Value, &st) == nil && st.Node == self.ID && st.Exported {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("this daemon wrote no status for kv: last %+v", st)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 	wantPV("kv replicated, served by this node", own, otherPortal)
+	setStatus(other)
+	wantPV("kv replicated, served by the other node", otherPortal, own)
 	// No status: the first replica's portals first.
 	if _, err := etcd.Delete(ctx, cluster.VolumeStatusKey("kv")); err != nil {
 		t.Fatal(err)
