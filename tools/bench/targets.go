@@ -214,7 +214,7 @@ type staveTarget struct {
 
 // poolSpec is the pool under a pool-backed Stave target.
 type poolSpec struct {
-	Devices []string // device files, created by Start with DevSize bytes
+	Devices []string // device files, created and written through by Start with DevSize bytes
 	DevSize int64
 	Policy  string // "k+m"
 	// KeepFiles keeps device files that already have DevSize bytes (the
@@ -306,7 +306,15 @@ func (s *staveTarget) Start(ctx context.Context) error {
 				args = append(args, "--device", dev)
 				continue
 			}
+			// Written through once, like the layouts mode's fio pass: a
+			// pool's devices are raw disks, whose blocks need no
+			// allocation; in a sparse file every new segment would make
+			// each batch's fdatasync commit the file system's journal
+			// too (measured: 609 against 372 µs per 2+1 batch).
 			if err := createFile(dev, s.pool.DevSize); err != nil {
+				return err
+			}
+			if err := fillFile(dev); err != nil {
 				return err
 			}
 			args = append(args, "--device", dev)
