@@ -7,12 +7,14 @@
 // row is used on k+m member devices for one policy; a batch (one group
 // commit) is one full stripe, the same byte range on every member, each
 // chunk a header carrying every record of the batch (volume, LBA, version,
-// kind, SHA-256) and a payload (data blocks, or Reed-Solomon parity).
+// kind, SHA-256, and in a tagged batch a tag) and a payload (data blocks,
+// or Reed-Solomon parity).
 //
 // The index (pebble, in Options.MetaDir/index) is a cache of the log:
 //
-//	'b' vol lba ^version -> location (segment, batch offset, geometry, block, SHA-256),
-//	                        or "T": a tombstone that hides older versions kept for snapshots
+//	'b' vol lba ^version -> location (segment, batch offset, geometry, block, SHA-256,
+//	                        tag if nonzero), or "T": a tombstone that hides older
+//	                        versions kept for snapshots
 //	's' segment          -> members, tail, data blocks, live blocks, parity bytes
 //	'v' volume id        -> volume metadata
 //	'c'                  -> checkpoint: last batch seq applied, max version, max volume id
@@ -52,6 +54,12 @@
 // meta records of volumes still in the index and delete records, then
 // zeroes the segment's first chunk header on every healthy member and
 // frees it. Ordinary writes leave gcReserve segments free for it.
+//
+// Tags (tagged.go): WriteTagged, UnmapTagged and SetBlocks store a
+// caller-given version (a replication version) per block as its records'
+// tag, reported by Tags. Records stay ordered by the pool's own version,
+// so a block may be set to a lower tag; every path that moves or rebuilds
+// records (replay, Recover, the cleaner, repair, rebuild) keeps the tag.
 //
 // Snapshots, clones and revert are meta records in the log; the index
 // keeps, per LBA, every version that the head, a snapshot or a clone

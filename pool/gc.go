@@ -113,7 +113,8 @@ func (p *Pool) gcVictims() []uint32 {
 func (p *Pool) gcFitsLocked(s *segState) bool {
 	k := int(s.k)
 	per := p.batchCap(k)
-	cl := int64(layout.HeaderLenFor(per)) + int64((per+k-1)/k)*layout.BlockSize
+	// Tagged records (the longer kind) bound the header.
+	cl := int64(layout.HeaderLen(per, layout.FlagTagged)) + int64((per+k-1)/k)*layout.BlockSize
 	need := (s.live+int64(per)-1)/int64(per) + 1
 	if s.live == 0 {
 		return true

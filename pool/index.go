@@ -20,7 +20,12 @@ const (
 	prefixVolume     = 'v'
 	prefixCheckpoint = 'c'
 	blockKeyLen      = 25
-	locLen           = 60
+	// locLen is the length of an untagged location; a tagged one has
+	// the tag appended (taggedLocLen). Decoding goes by length, so an
+	// index written before tags existed reads as untagged, which is what
+	// its blocks are (no tagged batch was ever written by that code).
+	locLen       = 60
+	taggedLocLen = locLen + 8
 )
 
 func blockKey(b []byte, vol, lba, ver uint64) []byte {
@@ -63,6 +68,8 @@ type loc struct {
 	block      uint32 // index of the block in the batch
 	k, m       uint8
 	sha        [32]byte
+	// tag is the record's tag (see Volume.WriteTagged); 0: untagged.
+	tag uint64
 }
 
 func (l *loc) appendTo(b []byte) []byte {
@@ -73,12 +80,16 @@ func (l *loc) appendTo(b []byte) []byte {
 	b = le.AppendUint32(b, l.payloadLen)
 	b = le.AppendUint32(b, l.block)
 	b = append(b, l.k, l.m, 0, 0)
-	return append(b, l.sha[:]...)
+	b = append(b, l.sha[:]...)
+	if l.tag != 0 {
+		b = le.AppendUint64(b, l.tag)
+	}
+	return b
 }
 
 func decodeLoc(b []byte) (loc, error) {
 	var l loc
-	if len(b) != locLen {
+	if len(b) != locLen && len(b) != taggedLocLen {
 		return l, fmt.Errorf("%w: index location of %d bytes", ErrCorruption, len(b))
 	}
 	le := binary.LittleEndian
@@ -89,6 +100,9 @@ func decodeLoc(b []byte) (loc, error) {
 	l.block = le.Uint32(b[20:])
 	l.k, l.m = b[24], b[25]
 	copy(l.sha[:], b[28:60])
+	if len(b) == taggedLocLen {
+		l.tag = le.Uint64(b[60:])
+	}
 	if l.payloadLen < layout.BlockSize || l.k == 0 {
 		return l, fmt.Errorf("%w: bad index location", ErrCorruption)
 	}

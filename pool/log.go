@@ -275,8 +275,20 @@ func (p *Pool) dispatch(pend []*inflight, b *inflight) (_ []*inflight, busy bool
 		recs = append(recs, g.recs...)
 		b.blocks = append(b.blocks, g.blocks...)
 	}
+	var flags uint16
+	if group[0].gc {
+		flags = flagGC
+	}
+	for i := range recs {
+		if recs[i].Tag != 0 {
+			// Any tagged record makes the batch tagged; its untagged
+			// records carry tag 0.
+			flags |= layout.FlagTagged
+			break
+		}
+	}
 	per := max(1, (len(b.blocks)+k-1)/k)
-	hdrLen := layout.HeaderLenFor(len(recs))
+	hdrLen := layout.HeaderLen(len(recs), flags)
 	payLen := uint32(per * layout.BlockSize)
 	chunkLen := int64(hdrLen) + int64(payLen)
 	keep := gcReserve // free segments this batch must leave
@@ -296,10 +308,7 @@ func (p *Pool) dispatch(pend []*inflight, b *inflight) (_ []*inflight, busy bool
 		return pend, false
 	}
 	p.seq++
-	var flags uint16
-	if group[0].gc {
-		flags = flagGC
-	} else {
+	if !group[0].gc {
 		for i := range recs {
 			p.counter++
 			recs[i].Version = epoch<<epochShift | p.counter

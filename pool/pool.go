@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -57,6 +58,7 @@ type Pool struct {
 	log     *slog.Logger
 	db      *pebble.DB
 	poolID  [16]byte
+	tagSalt uint64 // the pool id, mixed into the tags of untagged blocks (tagOf)
 	segSize int64
 	rows    int // segments per device
 	m       *metrics
@@ -362,6 +364,7 @@ func Open(ctx context.Context, o Options) (*Pool, error) {
 	if _, err := hex.Decode(p.poolID[:], []byte(pf.PoolID)); err != nil {
 		return nil, fmt.Errorf("%w: pool id %q", ErrCorruption, pf.PoolID)
 	}
+	p.tagSalt = mix64(binary.LittleEndian.Uint64(p.poolID[:8]) ^ mix64(binary.LittleEndian.Uint64(p.poolID[8:])))
 	p.mu.segs = map[uint32]*segState{}
 	p.mu.freed = make(chan struct{})
 	p.mu.rebuilding = map[int]bool{}

@@ -316,6 +316,12 @@ func (l *levelIter) next(ok bool) error {
 // that the head of volume vol reads as data (its own, or its parent's
 // for a clone), with the block's location.
 func (p *Pool) forEachVisible(vol, lba0, lba1 uint64, fn func(lba uint64, l *loc) error) error {
+	return p.forEachVisibleEnt(vol, lba0, lba1, func(lba uint64, e *ent) error { return fn(lba, &e.l) })
+}
+
+// forEachVisibleEnt is forEachVisible with the index entry (location and
+// version) of each block.
+func (p *Pool) forEachVisibleEnt(vol, lba0, lba1 uint64, fn func(lba uint64, e *ent) error) error {
 	p.mu.Lock()
 	chain := p.chainLocked(vol, headVer)
 	p.mu.Unlock()
@@ -346,7 +352,7 @@ func (p *Pool) forEachVisible(vol, lba0, lba1 uint64, fn func(lba uint64, l *loc
 		}
 		lba := m.lba
 		if !m.e.marker {
-			if err := fn(lba, &m.e.l); err != nil {
+			if err := fn(lba, &m.e); err != nil {
 				return err
 			}
 		}
@@ -866,7 +872,7 @@ func (a *applier) record(r *layout.Record, h *layout.ChunkHeader, row uint32, of
 	switch r.Kind {
 	case layout.KindData:
 		l := loc{row: row, batchOff: off, hdrLen: h.HeaderLen, payloadLen: h.PayloadLen, block: uint32(bi),
-			k: h.K, m: h.M, sha: r.SHA}
+			k: h.K, m: h.M, sha: r.SHA, tag: r.Tag}
 		return a.data(r, l, h.Flags&flagGC != 0)
 	case layout.KindTombstone:
 		return a.tombstone(r)

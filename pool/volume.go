@@ -294,6 +294,11 @@ func (v *Volume) writable() error {
 // below its policy DATA PROTECT / WRITE PROTECTED (as *sense.Error
 // wrapping ErrNoSpace or ErrDegraded).
 func (v *Volume) WriteAt(ctx context.Context, b []byte, off int64, fua bool) error {
+	return v.write(ctx, b, off, 0)
+}
+
+// write is WriteAt, with every touched block tagged tag (0: untagged).
+func (v *Volume) write(ctx context.Context, b []byte, off int64, tag uint64) error {
 	if err := v.check(off, int64(len(b))); err != nil {
 		return err
 	}
@@ -304,7 +309,7 @@ func (v *Volume) WriteAt(ctx context.Context, b []byte, off int64, fua bool) err
 		return err
 	}
 	for {
-		err := v.writeOnce(ctx, b, off)
+		err := v.writeOnce(ctx, b, off, tag)
 		if err == nil {
 			v.p.m.writeBytes.Add(float64(len(b)))
 			return nil
@@ -317,8 +322,8 @@ func (v *Volume) WriteAt(ctx context.Context, b []byte, off int64, fua bool) err
 	}
 }
 
-// writeOnce does one attempt of WriteAt under the block locks.
-func (v *Volume) writeOnce(ctx context.Context, b []byte, off int64) error {
+// writeOnce does one attempt of write under the block locks.
+func (v *Volume) writeOnce(ctx context.Context, b []byte, off int64, tag uint64) error {
 	lba0 := uint64(off / layout.BlockSize)
 	lba1 := uint64((off + int64(len(b)) + layout.BlockSize - 1) / layout.BlockSize)
 	unlock := v.p.lockBlocks(v.id, lba0, int(lba1-lba0))
@@ -343,7 +348,7 @@ func (v *Volume) writeOnce(ctx context.Context, b []byte, off int64) error {
 			reqs = append(reqs, cur)
 		}
 		cur.blocks = append(cur.blocks, blk)
-		cur.recs = append(cur.recs, layout.Record{Volume: v.id, LBA: lba, Kind: layout.KindData})
+		cur.recs = append(cur.recs, layout.Record{Volume: v.id, LBA: lba, Kind: layout.KindData, Tag: tag})
 	}
 	hashBlocks(reqs)
 	return v.p.submitAll(ctx, reqs)
@@ -435,6 +440,12 @@ const maxTombstone = 1 << 30
 // record in the log (and leave the index); partial blocks are zeroed by a
 // read-modify-write. The range then reads as zeros.
 func (v *Volume) Unmap(ctx context.Context, off, length int64) error {
+	return v.unmap(ctx, off, length, 0)
+}
+
+// unmap is Unmap; partial blocks, and the tombstones, are tagged tag (0:
+// untagged).
+func (v *Volume) unmap(ctx context.Context, off, length int64, tag uint64) error {
 	if err := v.check(off, length); err != nil {
 		return err
 	}
@@ -448,21 +459,21 @@ func (v *Volume) Unmap(ctx context.Context, off, length int64) error {
 	first := (off + layout.BlockSize - 1) / layout.BlockSize * layout.BlockSize
 	last := end / layout.BlockSize * layout.BlockSize
 	if first >= last {
-		return v.WriteAt(ctx, make([]byte, length), off, false)
+		return v.write(ctx, make([]byte, length), off, tag)
 	}
 	if off < first {
-		if err := v.WriteAt(ctx, make([]byte, first-off), off, false); err != nil {
+		if err := v.write(ctx, make([]byte, first-off), off, tag); err != nil {
 			return err
 		}
 	}
 	if last < end {
-		if err := v.WriteAt(ctx, make([]byte, end-last), last, false); err != nil {
+		if err := v.write(ctx, make([]byte, end-last), last, tag); err != nil {
 			return err
 		}
 	}
 	lba0, lba1 := uint64(first/layout.BlockSize), uint64(last/layout.BlockSize)
 	for {
-		err := v.unmapOnce(ctx, lba0, lba1)
+		err := v.unmapOnce(ctx, lba0, lba1, tag)
 		if err == nil {
 			return nil
 		}
@@ -473,13 +484,13 @@ func (v *Volume) Unmap(ctx context.Context, off, length int64) error {
 }
 
 // unmapOnce logs tombstones for blocks [lba0, lba1) under the block locks.
-func (v *Volume) unmapOnce(ctx context.Context, lba0, lba1 uint64) error {
+func (v *Volume) unmapOnce(ctx context.Context, lba0, lba1, tag uint64) error {
 	unlock := v.p.lockBlocks(v.id, lba0, int(min(lba1-lba0, lockStripes)))
 	defer unlock()
 	r := &writeReq{k: v.k, m: v.m}
 	for lba := lba0; lba < lba1; lba += maxTombstone {
 		n := min(lba1-lba, maxTombstone)
-		r.recs = append(r.recs, layout.Record{Volume: v.id, LBA: lba, Kind: layout.KindTombstone, Count: uint32(n)})
+		r.recs = append(r.recs, layout.Record{Volume: v.id, LBA: lba, Kind: layout.KindTombstone, Count: uint32(n), Tag: tag})
 	}
 	r.reserve = true // tombstones free space
 	return v.p.submit(ctx, r)

@@ -30,11 +30,13 @@
 //
 //	chunk = [ header: HeaderLen bytes, a multiple of 4 KiB ][ payload: PayloadLen bytes ]
 //
-// Chunk header (fixed part 64 bytes, then NumRecords records of 64 bytes,
-// then zero padding to HeaderLen):
+// Chunk header (fixed part 64 bytes, then NumRecords records of RecordLen
+// bytes, or TaggedRecordLen in a tagged batch, then zero padding to
+// HeaderLen):
 //
 //	 0  magic "SCHK" u32          4  version u16           6  flags u16
-//	 8  header CRC32C u32 (of [12, 64+64*NumRecords))
+//	 8  header CRC32C u32 (of [12, 64+64*NumRecords); in a tagged batch,
+//	    of [4, 8) then [12, 64+72*NumRecords): version and flags too)
 //	12  payload CRC32C u32 (of this chunk's payload)
 //	16  batch seq u64            24  segment u32
 //	28  chunk index u8   29 k u8   30 m u8   31 reserved u8
@@ -42,13 +44,21 @@
 //	40  num records u32          44  num blocks u32
 //	48  member device indices [16]u8 (k+m used)
 //
-// Every chunk header carries ALL the records of the batch. Record (64 bytes):
+// Flags: bit 0 is the pool's (a cleaner rewrite); bit 1 is FlagTagged:
+// every record of the batch is TaggedRecordLen (72) bytes and ends with a
+// tag. The other bits are zero.
+//
+// Every chunk header carries ALL the records of the batch. Record (64
+// bytes; 72 in a tagged batch):
 //
 //	 0  volume id u64            8  LBA u64 (4 KiB block number)
 //	16  version u64 (epoch<<40 | counter)
 //	24  kind u16 (1 data, 2 tombstone, 3 meta)   26 reserved u16
 //	28  count u32 (tombstone: blocks unmapped from LBA)
 //	32  SHA-256 of the 4 KiB block [32] (zero for tombstones)
+//	64  tag u64 (tagged batches only: a version chosen by the writer,
+//	    e.g. a replication version; the pool orders records by version
+//	    and only stores the tag)
 //
 // Records of kind data and meta each own one 4 KiB block of the batch, in
 // record order: block b lives in data chunk b/perChunk at payload offset
@@ -82,8 +92,11 @@ const (
 	MaxSegments = (DataStart - FreeTableStart) / 8
 	// FixedHeaderLen is the fixed part of a chunk header.
 	FixedHeaderLen = 64
-	// RecordLen is the size of one record.
+	// RecordLen is the size of one record of an untagged batch.
 	RecordLen = 64
+	// TaggedRecordLen is the size of one record of a batch flagged
+	// FlagTagged: RecordLen plus the tag.
+	TaggedRecordLen = RecordLen + 8
 	// MaxMembers is the most chunks a stripe can have (k+m).
 	MaxMembers = 16
 	// FormatVersion is the current superblock and chunk format version.
@@ -91,6 +104,19 @@ const (
 	// MaxRecords bounds the records of one batch.
 	MaxRecords = 4096
 )
+
+// FlagTagged is the chunk header flag of a batch whose records carry a
+// tag (TaggedRecordLen bytes each). Bit 0 of the flags belongs to the
+// pool (it marks the cleaner's batches).
+const FlagTagged uint16 = 1 << 1
+
+// RecordLenFor returns the record size of a batch with these flags.
+func RecordLenFor(flags uint16) int {
+	if flags&FlagTagged != 0 {
+		return TaggedRecordLen
+	}
+	return RecordLen
+}
 
 // Magic numbers.
 const (
@@ -221,6 +247,9 @@ type Record struct {
 	Kind    RecordKind
 	Count   uint32
 	SHA     [32]byte
+	// Tag is stored only in batches flagged FlagTagged (elsewhere it is
+	// dropped when encoding and decodes as 0).
+	Tag uint64
 }
 
 // ChunkHeader is the decoded header of one chunk.
@@ -241,10 +270,14 @@ type ChunkHeader struct {
 	Records []Record
 }
 
-// HeaderLenFor returns the header length (a multiple of BlockSize) for a
-// batch of n records.
-func HeaderLenFor(n int) uint32 {
-	l := FixedHeaderLen + n*RecordLen
+// HeaderLenFor returns the header length (a multiple of BlockSize) for an
+// untagged batch of n records.
+func HeaderLenFor(n int) uint32 { return HeaderLen(n, 0) }
+
+// HeaderLen returns the header length (a multiple of BlockSize) for a
+// batch of n records with these flags.
+func HeaderLen(n int, flags uint16) uint32 {
+	l := FixedHeaderLen + n*RecordLenFor(flags)
 	return uint32((l + BlockSize - 1) / BlockSize * BlockSize)
 }
 
@@ -255,13 +288,16 @@ func (h *ChunkHeader) PerChunk() int { return int(h.PayloadLen / BlockSize) }
 func (h *ChunkHeader) ChunkLen() int64 { return int64(h.HeaderLen) + int64(h.PayloadLen) }
 
 // AppendTo appends the HeaderLen-byte encoding of h to b. HeaderLen must be
-// at least HeaderLenFor(len(h.Records)); the CRC is computed here.
+// at least HeaderLen(len(h.Records), h.Flags) (a shorter one is raised to
+// it); the CRC is computed here. Records' tags are encoded only when
+// h.Flags has FlagTagged.
 func (h *ChunkHeader) AppendTo(b []byte) []byte {
 	start := len(b)
 	hl := int(h.HeaderLen)
-	if min := int(HeaderLenFor(len(h.Records))); hl < min {
+	if min := int(HeaderLen(len(h.Records), h.Flags)); hl < min {
 		hl = min
 	}
+	rl := RecordLenFor(h.Flags)
 	for i := 0; i < hl; i++ {
 		b = append(b, 0)
 	}
@@ -281,17 +317,30 @@ func (h *ChunkHeader) AppendTo(b []byte) []byte {
 	copy(p[48:64], h.Members[:])
 	for i := range h.Records {
 		r := &h.Records[i]
-		q := p[FixedHeaderLen+i*RecordLen:]
+		q := p[FixedHeaderLen+i*rl:]
 		le.PutUint64(q[0:], r.Volume)
 		le.PutUint64(q[8:], r.LBA)
 		le.PutUint64(q[16:], r.Version)
 		le.PutUint16(q[24:], uint16(r.Kind))
 		le.PutUint32(q[28:], r.Count)
 		copy(q[32:64], r.SHA[:])
+		if rl == TaggedRecordLen {
+			le.PutUint64(q[64:], r.Tag)
+		}
 	}
-	used := FixedHeaderLen + len(h.Records)*RecordLen
-	le.PutUint32(p[8:], CRC(p[12:used]))
+	used := FixedHeaderLen + len(h.Records)*rl
+	le.PutUint32(p[8:], headerCRC(p, used, h.Flags))
 	return b
+}
+
+// headerCRC returns the header CRC of chunk header p whose records end at
+// used. A tagged header's CRC covers its version and flags too, so that a
+// flipped flag bit cannot change the record length unnoticed.
+func headerCRC(p []byte, used int, flags uint16) uint32 {
+	if flags&FlagTagged == 0 {
+		return CRC(p[12:used])
+	}
+	return crc32.Update(CRC(p[4:8]), castagnoli, p[12:used])
 }
 
 // PeekHeaderLen returns the header length claimed by the fixed part in p
@@ -306,7 +355,8 @@ func PeekHeaderLen(p []byte) (uint32, error) {
 	}
 	hl := binary.LittleEndian.Uint32(p[32:])
 	n := binary.LittleEndian.Uint32(p[40:])
-	if hl%BlockSize != 0 || hl == 0 || n > MaxRecords || hl < HeaderLenFor(int(n)) {
+	flags := binary.LittleEndian.Uint16(p[6:])
+	if hl%BlockSize != 0 || hl == 0 || n > MaxRecords || hl < HeaderLen(int(n), flags) {
 		return 0, ErrField
 	}
 	return hl, nil
@@ -324,11 +374,13 @@ func DecodeChunkHeader(p []byte, recs []Record) (ChunkHeader, error) {
 	}
 	le := binary.LittleEndian
 	n := int(le.Uint32(p[40:]))
-	used := FixedHeaderLen + n*RecordLen
+	flags := le.Uint16(p[6:])
+	rl := RecordLenFor(flags)
+	used := FixedHeaderLen + n*rl
 	if len(p) < used || uint32(len(p)) < hl {
 		return h, ErrShort
 	}
-	if le.Uint32(p[8:]) != CRC(p[12:used]) {
+	if le.Uint32(p[8:]) != headerCRC(p, used, flags) {
 		return h, ErrChecksum
 	}
 	h.Version = le.Uint16(p[4:])
@@ -348,7 +400,7 @@ func DecodeChunkHeader(p []byte, recs []Record) (ChunkHeader, error) {
 	recs = recs[:0]
 	blocks := 0
 	for i := 0; i < n; i++ {
-		q := p[FixedHeaderLen+i*RecordLen:]
+		q := p[FixedHeaderLen+i*rl:]
 		var r Record
 		r.Volume = le.Uint64(q[0:])
 		r.LBA = le.Uint64(q[8:])
@@ -356,6 +408,9 @@ func DecodeChunkHeader(p []byte, recs []Record) (ChunkHeader, error) {
 		r.Kind = RecordKind(le.Uint16(q[24:]))
 		r.Count = le.Uint32(q[28:])
 		copy(r.SHA[:], q[32:64])
+		if rl == TaggedRecordLen {
+			r.Tag = le.Uint64(q[64:])
+		}
 		switch r.Kind {
 		case KindData, KindMeta:
 			blocks++

@@ -2,6 +2,7 @@ package layout
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -30,6 +31,17 @@ func sampleHeader() ChunkHeader {
 		{Volume: 1, LBA: 200, Version: 1<<40 | 6, Kind: KindTombstone, Count: 16},
 		{Volume: 0, LBA: 1, Version: 1<<40 | 7, Kind: KindMeta, SHA: [32]byte{31: 9}},
 	}
+	return h
+}
+
+// sampleTaggedHeader is sampleHeader as a tagged batch (e.g. the local
+// copy of a replicated volume): every record carries a tag.
+func sampleTaggedHeader() ChunkHeader {
+	h := sampleHeader()
+	h.Flags = FlagTagged
+	h.Records[0].Tag = 3<<40 | 17
+	h.Records[1].Tag = 3<<40 | 18
+	h.Records[2].Tag = 0 // meta records are written untagged
 	return h
 }
 
@@ -133,6 +145,94 @@ func TestChunkHeaderGolden(t *testing.T) {
 	}
 }
 
+// TestTaggedChunkHeaderGolden: a tagged batch's records are 72 bytes with
+// the tag last; its CRC also covers version and flags; an untagged
+// header's encoding is unchanged (TestChunkHeaderGolden).
+func TestTaggedChunkHeaderGolden(t *testing.T) {
+	h := sampleTaggedHeader()
+	h.HeaderLen = HeaderLen(len(h.Records), h.Flags)
+	b := h.AppendTo(nil)
+	if len(b) != BlockSize {
+		t.Fatalf("len %d", len(b))
+	}
+	golden(t, "chunkheader-tagged.hex", b)
+	got, err := DecodeChunkHeader(b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, h) {
+		t.Fatalf("round trip:\n%+v\n%+v", got, h)
+	}
+	// The tag of record 1 is at 64+72+64.
+	if tag := binary.LittleEndian.Uint64(b[FixedHeaderLen+TaggedRecordLen+RecordLen:]); tag != 3<<40|18 {
+		t.Fatalf("tag of record 1 at the wrong place: %#x", tag)
+	}
+	for _, tc := range []struct {
+		name string
+		mut  func([]byte)
+		want error
+	}{
+		{"tag bitflip", func(b []byte) { b[FixedHeaderLen+TaggedRecordLen+RecordLen] ^= 1 }, ErrChecksum},
+		{"last tag bitflip", func(b []byte) { b[FixedHeaderLen+3*TaggedRecordLen-1] ^= 0x80 }, ErrChecksum},
+		{"tagged flag cleared", func(b []byte) { b[6] &^= byte(FlagTagged) }, ErrChecksum},
+		{"other flag set", func(b []byte) { b[6] |= 1 }, ErrChecksum},
+		{"version changed", func(b []byte) { b[4] ^= 2 }, ErrChecksum},
+	} {
+		c := append([]byte(nil), b...)
+		tc.mut(c)
+		if _, err := DecodeChunkHeader(c, nil); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	// The tagged flag set on an untagged header: its records are read at
+	// the wrong stride and the CRC fails.
+	u := sampleHeader()
+	ub := u.AppendTo(nil)
+	ub[6] |= byte(FlagTagged)
+	if _, err := DecodeChunkHeader(ub, nil); !errors.Is(err, ErrChecksum) {
+		t.Errorf("tagged flag set on an untagged header: %v", err)
+	}
+	// Tags are dropped from an untagged batch.
+	u.Records[0].Tag = 99
+	if got, err := DecodeChunkHeader(u.AppendTo(nil), nil); err != nil || got.Records[0].Tag != 0 {
+		t.Errorf("untagged batch kept a tag: %+v %v", got.Records[0], err)
+	}
+	// Header lengths: 57 tagged records need a second block, 63 untagged
+	// ones do not.
+	for _, tc := range []struct {
+		n     int
+		flags uint16
+		want  uint32
+	}{{57, FlagTagged, 2 * BlockSize}, {56, FlagTagged, BlockSize}, {63, 0, BlockSize}, {64, 0, 2 * BlockSize}} {
+		if got := HeaderLen(tc.n, tc.flags); got != tc.want {
+			t.Errorf("HeaderLen(%d, %#x) = %d, want %d", tc.n, tc.flags, got, tc.want)
+		}
+	}
+	// A large tagged batch spills over several blocks and round-trips.
+	h.Records = make([]Record, 200)
+	for i := range h.Records {
+		h.Records[i] = Record{Volume: 3, LBA: uint64(i), Version: uint64(i + 1), Kind: KindTombstone, Count: 1, Tag: uint64(1000 + i)}
+	}
+	h.NumBlocks = 0
+	h.HeaderLen = 0 // raised to the minimum by AppendTo
+	b = h.AppendTo(nil)
+	if len(b) != 4*BlockSize {
+		t.Fatalf("len %d", len(b))
+	}
+	if hl, err := PeekHeaderLen(b); err != nil || hl != 4*BlockSize {
+		t.Fatalf("PeekHeaderLen = %d, %v", hl, err)
+	}
+	got, err = DecodeChunkHeader(b, nil)
+	if err != nil || len(got.Records) != 200 || got.Records[199].Tag != 1199 {
+		t.Fatalf("large tagged header: %v", err)
+	}
+	// A header length too short for 72-byte records is refused.
+	binary.LittleEndian.PutUint32(b[32:], 3*BlockSize)
+	if _, err := PeekHeaderLen(b); !errors.Is(err, ErrField) {
+		t.Fatalf("short tagged header length: %v", err)
+	}
+}
+
 func TestRecordKindString(t *testing.T) {
 	for k, s := range map[RecordKind]string{KindData: "data", KindTombstone: "tombstone", KindMeta: "meta", 9: "kind?"} {
 		if k.String() != s {
@@ -164,6 +264,8 @@ func FuzzSuperblock(f *testing.F) {
 func FuzzChunkHeader(f *testing.F) {
 	h := sampleHeader()
 	f.Add(h.AppendTo(nil))
+	th := sampleTaggedHeader()
+	f.Add(th.AppendTo(nil))
 	f.Add(make([]byte, BlockSize))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := DecodeChunkHeader(b, nil)
