@@ -39,6 +39,9 @@ type link struct {
 	peer Peer
 	c    net.Conn
 	br   *bufio.Reader
+	// size is the size the Hello announced: the replica's digests cover
+	// [0, size). Writes may address more once the volume grew (Grow).
+	size int64
 	// isr is set while the node counts as an ISR member: its failure
 	// must be removed from the ISR before a write is acknowledged.
 	isr    atomic.Bool
@@ -57,14 +60,45 @@ type link struct {
 	removeErr  error
 }
 
-// dial connects to peer, optionally over TLS, and says Hello. A replica
-// that has seen a higher epoch yields an error wrapping ErrStaleEpoch.
+// dial connects to peer, optionally over TLS, and says Hello with the
+// volume's current size. A replica that has seen a higher epoch yields an
+// error wrapping ErrStaleEpoch.
 func (v *Volume) dial(ctx context.Context, peer Peer) (*link, error) {
+	size := v.size.Load()
+	c, br, err := v.hello(ctx, peer, size)
+	if err != nil {
+		return nil, err
+	}
+	l := &link{v: v, peer: peer, c: c, br: br, size: size,
+		queue:  make(chan *req, v.cfg.QueueDepth),
+		slots:  make(chan struct{}, v.cfg.QueueDepth),
+		failed: make(chan struct{})}
+	l.mu.pending = map[uint64]*req{}
+	v.wg.Go(l.writeLoop)
+	v.wg.Go(l.readLoop)
+	v.wg.Go(l.watchdog)
+	return l, nil
+}
+
+// probe says Hello to peer with size and hangs up: it succeeds once the
+// replica's store holds at least size bytes (Grow).
+func (v *Volume) probe(ctx context.Context, peer Peer, size int64) error {
+	c, _, err := v.hello(ctx, peer, size)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// hello connects to peer, optionally over TLS, and says Hello with size
+// bytes, within DialTimeout. It returns the connection, with no deadline,
+// and its reader.
+func (v *Volume) hello(ctx context.Context, peer Peer, size int64) (net.Conn, *bufio.Reader, error) {
 	ctx, cancel := context.WithTimeout(ctx, v.cfg.DialTimeout)
 	defer cancel()
 	c, err := v.cfg.Dial(ctx, "tcp", peer.Addr)
 	if err != nil {
-		return nil, fmt.Errorf("%w: dial %s (%s): %v", ErrReplicaFailed, peer.Node, peer.Addr, err)
+		return nil, nil, fmt.Errorf("%w: dial %s (%s): %v", ErrReplicaFailed, peer.Node, peer.Addr, err)
 	}
 	if v.cfg.TLS != nil {
 		cfg := v.cfg.TLS.Clone()
@@ -76,16 +110,16 @@ func (v *Volume) dial(ctx context.Context, peer Peer) (*link, error) {
 		tc := tls.Client(c, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
-			return nil, fmt.Errorf("%w: TLS with %s: %v", ErrReplicaFailed, peer.Node, err)
+			return nil, nil, fmt.Errorf("%w: TLS with %s: %v", ErrReplicaFailed, peer.Node, err)
 		}
 		c = tc
 	}
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	hello := Hello{Epoch: v.cfg.Epoch, Size: uint64(v.size), Volume: v.cfg.Name, Node: v.cfg.Node}
+	hello := Hello{Epoch: v.cfg.Epoch, Size: uint64(size), Volume: v.cfg.Name, Node: v.cfg.Node}
 	if _, err := c.Write(AppendFrame(nil, 0, hello)); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("%w: hello to %s: %v", ErrReplicaFailed, peer.Node, err)
+		return nil, nil, fmt.Errorf("%w: hello to %s: %v", ErrReplicaFailed, peer.Node, err)
 	}
 	br := bufio.NewReaderSize(c, 64<<10)
 	f, _, err := ReadFrame(br, nil, MaxPayload)
@@ -105,20 +139,12 @@ func (v *Volume) dial(ctx context.Context, peer Peer) (*link, error) {
 	if err != nil {
 		c.Close()
 		if errors.Is(err, ErrStaleEpoch) {
-			return nil, err
+			return nil, nil, err
 		}
-		return nil, fmt.Errorf("%w: hello to %s: %v", ErrReplicaFailed, peer.Node, err)
+		return nil, nil, fmt.Errorf("%w: hello to %s: %v", ErrReplicaFailed, peer.Node, err)
 	}
 	c.SetDeadline(time.Time{})
-	l := &link{v: v, peer: peer, c: c, br: br,
-		queue:  make(chan *req, v.cfg.QueueDepth),
-		slots:  make(chan struct{}, v.cfg.QueueDepth),
-		failed: make(chan struct{})}
-	l.mu.pending = map[uint64]*req{}
-	v.wg.Go(l.writeLoop)
-	v.wg.Go(l.readLoop)
-	v.wg.Go(l.watchdog)
-	return l, nil
+	return c, br, nil
 }
 
 // ackErr maps a non-OK Ack to an error.

@@ -40,8 +40,12 @@ func (v *Volume) Resync(ctx context.Context, peer Peer, progress func(ResyncProg
 			return ResyncProgress{Node: peer.Node}, fmt.Errorf("replication: %s is already linked", peer.Node)
 		}
 	}
+	// Under growMu: a Grow either ran before (the Hello says the new
+	// size) or sees this link (and drops it: it catches up again).
+	v.growMu.Lock()
 	l, err := v.dial(ctx, peer)
 	if err != nil {
+		v.growMu.Unlock()
 		if IsStale(err) {
 			v.Fence(err)
 		}
@@ -50,6 +54,7 @@ func (v *Volume) Resync(ctx context.Context, peer Peer, progress func(ResyncProg
 	v.mu.Lock()
 	v.mu.links = append(v.mu.links, l)
 	v.mu.Unlock()
+	v.growMu.Unlock()
 	v.log.Info("resync started", logkey.Node, peer.Node)
 	st, err := v.syncLink(ctx, l, progress)
 	if err != nil {
@@ -58,8 +63,16 @@ func (v *Volume) Resync(ctx context.Context, peer Peer, progress func(ResyncProg
 		return st, err
 	}
 	// From here a failure of the link must be removed from the ISR: the
-	// Add may commit even if its answer is lost.
+	// Add may commit even if its answer is lost. A Grow that dropped the
+	// link meanwhile ends the resync here.
+	v.growMu.Lock()
+	if err := l.err(); err != nil {
+		v.growMu.Unlock()
+		v.unlink(l)
+		return st, err
+	}
 	l.isr.Store(true)
+	v.growMu.Unlock()
 	actx, cancel := context.WithTimeout(ctx, v.cfg.ISRTimeout)
 	defer cancel()
 	if err := v.cfg.ISR.Add(actx, v.cfg.Epoch, peer.Node); err != nil {
@@ -81,8 +94,9 @@ func IsStale(err error) bool { return err != nil && errors.Is(err, ErrStaleEpoch
 func (v *Volume) syncLink(ctx context.Context, l *link, progress func(ResyncProgress)) (ResyncProgress, error) {
 	rs := v.cfg.RegionSize
 	per := rs / BlockSize
-	blocks := (v.size + BlockSize - 1) / BlockSize
-	st := ResyncProgress{Node: l.peer.Node, Regions: (v.size + rs - 1) / rs}
+	size := l.size // what the replica's digests cover
+	blocks := (size + BlockSize - 1) / BlockSize
+	st := ResyncProgress{Node: l.peer.Node, Regions: (size + rs - 1) / rs}
 	vers := make([]uint64, per)
 	local := make([]byte, 0, digestBatch*DigestSize)
 	for r0 := int64(0); r0 < st.Regions; r0 += digestBatch {
@@ -120,7 +134,7 @@ func (v *Volume) syncLink(ctx context.Context, l *link, progress func(ResyncProg
 			if bytes.Equal(local[i*DigestSize:(i+1)*DigestSize], remote.Digest(i)) {
 				continue
 			}
-			sent, err := v.copyRegion(ctx, l, r0+int64(i), per, blocks)
+			sent, err := v.copyRegion(ctx, l, r0+int64(i), per, size)
 			if err != nil {
 				return st, err
 			}
@@ -136,9 +150,10 @@ func (v *Volume) syncLink(ctx context.Context, l *link, progress func(ResyncProg
 	return st, nil
 }
 
-// copyRegion sends region r to l and waits for its ack; it returns the
-// bytes of the frame.
-func (v *Volume) copyRegion(ctx context.Context, l *link, r, per, blocks int64) (int64, error) {
+// copyRegion sends region r of a size-byte volume to l and waits for its
+// ack; it returns the bytes of the frame.
+func (v *Volume) copyRegion(ctx context.Context, l *link, r, per, size int64) (int64, error) {
+	blocks := (size + BlockSize - 1) / BlockSize
 	b0 := r * per
 	k := min(per, blocks-b0)
 	unlock := v.locks.lock(b0, b0+k)
@@ -147,7 +162,7 @@ func (v *Volume) copyRegion(ctx context.Context, l *link, r, per, blocks int64) 
 	var data []byte
 	if err == nil {
 		buf := make([]byte, k*BlockSize)
-		err = v.cfg.Local.ReadAt(ctx, buf[:min(k*BlockSize, v.size-b0*BlockSize)], b0*BlockSize)
+		err = v.cfg.Local.ReadAt(ctx, buf[:min(k*BlockSize, size-b0*BlockSize)], b0*BlockSize)
 		for i, ver := range vers {
 			if ver != 0 {
 				data = append(data, buf[int64(i)*BlockSize:int64(i+1)*BlockSize]...)

@@ -147,7 +147,9 @@ type conn struct {
 	store  Store
 	gate   *sync.RWMutex
 	epoch  uint64
-	out    []byte
+	// size is the owner's size (Hello): digests cover [0, size).
+	size int64
+	out  []byte
 }
 
 // serveConn runs one connection: Hello first, then requests in order, each
@@ -177,10 +179,12 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) error {
 	if !ok {
 		return cn.reply(f.ID, Ack{Status: StatusUnknownVolume, Reason: h.Volume})
 	}
-	if uint64(st.Size()) != h.Size {
-		return cn.reply(f.ID, Ack{Status: StatusInvalid, Reason: fmt.Sprintf("size %d, replica has %d", h.Size, st.Size())})
+	// The owner addresses [0, its size): a store grown ahead of it (an
+	// online grow in progress) is fine, a smaller one is not.
+	if uint64(st.Size()) < h.Size {
+		return cn.reply(f.ID, Ack{Status: StatusInvalid, Reason: fmt.Sprintf("owner's size %d, replica has only %d", h.Size, st.Size())})
 	}
-	cn.volume, cn.store, cn.gate, cn.epoch = h.Volume, st, s.gate(h.Volume), h.Epoch
+	cn.volume, cn.store, cn.gate, cn.epoch, cn.size = h.Volume, st, s.gate(h.Volume), h.Epoch, int64(h.Size)
 	release, highest, err := s.admit(h.Volume, cn.gate, h.Epoch)
 	if err != nil {
 		cn.reply(f.ID, cn.nack(err, highest))
@@ -262,7 +266,7 @@ func (cn *conn) handle(ctx context.Context, f Frame) (Message, error) {
 		}
 		epoch = m.Epoch
 		apply = func() error {
-			d, err := regionDigests(ctx, cn.store, int64(m.RegionSize), m.First, int(m.Count))
+			d, err := regionDigests(ctx, cn.store, cn.size, int64(m.RegionSize), m.First, int(m.Count))
 			answer = Digests{First: m.First, Digests: d}
 			return err
 		}
@@ -298,13 +302,14 @@ func (cn *conn) handle(ctx context.Context, f Frame) (Message, error) {
 	return Ack{Status: StatusOK, Epoch: highest}, nil
 }
 
-// regionDigests returns the digests of count regions from first.
-func regionDigests(ctx context.Context, st Store, regionSize int64, first uint64, count int) ([]byte, error) {
+// regionDigests returns the digests of count regions from first of the
+// first size bytes of st (the owner's size; the store may be larger).
+func regionDigests(ctx context.Context, st Store, size, regionSize int64, first uint64, count int) ([]byte, error) {
 	if regionSize <= 0 || regionSize%BlockSize != 0 || count < 0 || count > MaxPayload/DigestSize {
 		return nil, fmt.Errorf("%w: digest request for %d regions of %d bytes", ErrProtocol, count, regionSize)
 	}
 	per := regionSize / BlockSize
-	total := (st.Size() + BlockSize - 1) / BlockSize
+	total := (size + BlockSize - 1) / BlockSize
 	vers := make([]uint64, per)
 	out := make([]byte, 0, count*DigestSize)
 	for i := range count {

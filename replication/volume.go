@@ -71,6 +71,10 @@ type VolumeConfig struct {
 	AckTimeout time.Duration
 	// ISRTimeout bounds one ISR transaction; zero means 5s.
 	ISRTimeout time.Duration
+	// GrowTimeout is how long Grow waits for a replica's store to reach
+	// the new size before it removes the replica from the ISR; zero
+	// means 30s.
+	GrowTimeout time.Duration
 	// QueueDepth bounds queued and in-flight requests per replica; zero
 	// means 64.
 	QueueDepth int
@@ -88,9 +92,10 @@ type VolumeConfig struct {
 // the package doc for the ordering rules). A new epoch needs a new Volume.
 // Safe for concurrent use.
 type Volume struct {
-	cfg      VolumeConfig
-	log      *slog.Logger
-	size     int64
+	cfg VolumeConfig
+	log *slog.Logger
+	// size is the addressable size; it only grows (Grow).
+	size     atomic.Int64
 	locks    blockLocks
 	deadline atomic.Pointer[time.Time]
 	fenced   atomic.Bool
@@ -101,6 +106,10 @@ type Volume struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // link goroutines
+	// growMu serializes Grow with the parts of Resync that attach a
+	// replica (dial) and make it an ISR member, so that Grow sees every
+	// link that will receive writes beyond the old size.
+	growMu sync.Mutex
 	mu     struct {
 		sync.Mutex
 		counter uint64
@@ -131,6 +140,9 @@ func OpenVolume(ctx context.Context, cfg VolumeConfig) (*Volume, error) {
 	if cfg.ISRTimeout <= 0 {
 		cfg.ISRTimeout = 5 * time.Second
 	}
+	if cfg.GrowTimeout <= 0 {
+		cfg.GrowTimeout = 30 * time.Second
+	}
 	if cfg.QueueDepth <= 0 {
 		cfg.QueueDepth = 64
 	}
@@ -143,8 +155,9 @@ func OpenVolume(ctx context.Context, cfg VolumeConfig) (*Volume, error) {
 	if cfg.Local == nil || cfg.ISR == nil {
 		return nil, errors.New("replication: VolumeConfig needs Local and ISR")
 	}
-	v := &Volume{cfg: cfg, size: cfg.Local.Size(), done: make(chan struct{}),
+	v := &Volume{cfg: cfg, done: make(chan struct{}),
 		log: cfg.Logger.With(logkey.Volume, cfg.Name, logkey.Epoch, cfg.Epoch)}
+	v.size.Store(cfg.Local.Size())
 	v.ctx, v.cancel = context.WithCancel(context.Background())
 	for _, p := range cfg.Replicas {
 		l, err := v.dial(ctx, p)
@@ -176,8 +189,8 @@ func OpenVolume(ctx context.Context, cfg VolumeConfig) (*Volume, error) {
 	return v, nil
 }
 
-// Size implements scsi.BlockDevice.
-func (v *Volume) Size() int64 { return v.size }
+// Size implements scsi.BlockDevice. It changes only through Grow.
+func (v *Volume) Size() int64 { return v.size.Load() }
 
 // Epoch returns the epoch the volume serves in.
 func (v *Volume) Epoch() uint64 { return v.cfg.Epoch }
@@ -294,9 +307,9 @@ func (v *Volume) usable() error {
 func (v *Volume) ackable() error { return v.usable() }
 
 func (v *Volume) check(off, n int64) error {
-	if off < 0 || n < 0 || off%SectorSize != 0 || n%SectorSize != 0 || off+n > v.size {
+	if size := v.size.Load(); off < 0 || n < 0 || off%SectorSize != 0 || n%SectorSize != 0 || off+n > size {
 		e := sense.New(sense.KeyIllegalRequest, sense.ASCLBAOutOfRange)
-		e.Cause = fmt.Errorf("replication: range %d+%d outside or unaligned in a %d-byte volume", off, n, v.size)
+		e.Cause = fmt.Errorf("replication: range %d+%d outside or unaligned in a %d-byte volume", off, n, size)
 		return e
 	}
 	return nil
@@ -537,4 +550,106 @@ func (v *Volume) removeFromISR(ctx context.Context, node string) error {
 	}
 	v.log.Info("replica removed from the ISR", logkey.Node, node)
 	return nil
+}
+
+// Grow makes the volume size bytes, a multiple of BlockSize not smaller
+// than its size, once every ISR member can hold them. Concurrent I/O goes
+// on throughout:
+//
+//  1. The local store must hold size bytes already (the caller grows it
+//     first).
+//  2. Each ISR member is probed with a Hello announcing size bytes, which
+//     its Server accepts only once its store holds that much (the
+//     member's node grows its copy when it sees the new size). A member
+//     that does not within GrowTimeout, or whose link fails meanwhile, is
+//     removed from the ISR through the normal failure path (dropLink),
+//     to be resynced later. A replica still catching up (Resync) is
+//     dropped: its resync covers only the old size, so it starts again.
+//  3. The size changes: I/O may address the new blocks, and writes there
+//     reach every remaining member over its existing link (a replica
+//     applies writes anywhere in its store; only its digests are bound
+//     to the size of the link's Hello).
+//
+// Grow returns an error wrapping ErrFenced when the volume fenced (an ISR
+// removal failed, a replica had seen a newer epoch), ctx's error when ctx
+// ends first (the size is then unchanged and no replica is dropped), and
+// an error for a size that is smaller or unaligned. Grows are serialized;
+// safe for concurrent use.
+func (v *Volume) Grow(ctx context.Context, size int64) error {
+	v.growMu.Lock()
+	defer v.growMu.Unlock()
+	if v.fenced.Load() {
+		return fencedError(v.fenceErr)
+	}
+	cur := v.size.Load()
+	switch {
+	case size == cur:
+		return nil
+	case size < cur || size%BlockSize != 0:
+		return fmt.Errorf("replication: volume %s cannot go from %d to %d bytes: volumes only grow, by multiples of %d",
+			v.cfg.Name, cur, size, BlockSize)
+	case v.cfg.Local.Size() < size:
+		return fmt.Errorf("replication: volume %s cannot grow to %d bytes: the local store holds %d; grow it first",
+			v.cfg.Name, size, v.cfg.Local.Size())
+	}
+	links := v.links()
+	errs := make([]error, len(links))
+	var wg sync.WaitGroup
+	for i, l := range links {
+		if !l.isr.Load() { // stable: Resync sets it under growMu
+			errs[i] = fmt.Errorf("%w: %s was catching up while the volume grew to %d bytes; its resync starts again",
+				ErrReplicaFailed, l.peer.Node, size)
+			continue
+		}
+		wg.Go(func() { errs[i] = v.awaitGrown(ctx, l, size) })
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("replication: growing volume %s to %d bytes: %w", v.cfg.Name, size, err)
+	}
+	for i, l := range links {
+		if errs[i] == nil {
+			continue
+		}
+		if err := v.dropLink(l, errs[i]); err != nil {
+			return err
+		}
+	}
+	v.size.Store(size)
+	v.log.Info("volume grown", logkey.Size, size, "old_size", cur, logkey.Replicas, len(v.Members()))
+	return nil
+}
+
+// awaitGrown probes l's replica until its store holds size bytes, its
+// link fails, GrowTimeout passes or ctx ends, and returns why it stopped
+// (nil: the replica holds size bytes; stores never shrink).
+func (v *Volume) awaitGrown(ctx context.Context, l *link, size int64) error {
+	deadline := time.Now().Add(v.cfg.GrowTimeout)
+	wait := 20 * time.Millisecond
+	for {
+		err := v.probe(ctx, l.peer, size)
+		if err == nil || IsStale(err) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return fmt.Errorf("%w: %s did not grow its copy to %d bytes within %v: %v",
+				ErrReplicaFailed, l.peer.Node, size, v.cfg.GrowTimeout, err)
+		}
+		v.log.Debug("replica not grown yet", logkey.Node, l.peer.Node, logkey.Err, err)
+		t := time.NewTimer(min(wait, left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-l.failed:
+			t.Stop()
+			return l.err()
+		case <-t.C:
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
 }
