@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"stave.dev/stave/cluster"
 	"stave.dev/stave/internal/adminapi"
@@ -276,8 +277,12 @@ type poolResizer interface {
 func (e *exporter) grow(ctx context.Context, x *exported, size int64) error {
 	switch d := x.dev.(type) {
 	case *replicaDevice:
-		return fmt.Errorf("%w: replicated volumes cannot grow yet: volume %q keeps %d bytes",
-			adminapi.ErrUnsupported, x.spec.Name, x.dev.Size())
+		if err := x.rep.grow(ctx, size); err != nil {
+			return err
+		}
+		if x.rep.serving() && d.Size() < size {
+			return fmt.Errorf("stave: volume %s: serving %d bytes after growing it to %d", x.spec.Name, d.Size(), size)
+		}
 	case *filedev.Device:
 		if err := d.Grow(size); err != nil {
 			return fmt.Errorf("stave: growing volume %s: %w", x.spec.Name, err)
@@ -304,12 +309,10 @@ func (e *exporter) grow(ctx context.Context, x *exported, size int64) error {
 }
 
 // CheckResize reports whether the volume's storage can grow here: a pool
-// volume needs a pool with online grow.
+// volume needs a pool with online grow; file and replicated volumes grow
+// (every holder grows its copy when it sees the new spec).
 func (e *exporter) CheckResize(s *volume.Spec) error {
-	if s.Replicated() {
-		return fmt.Errorf("%w: replicated volumes cannot grow yet: volume %q keeps its size", adminapi.ErrUnsupported, s.Name)
-	}
-	if !s.InPool() {
+	if s.Replicated() || !s.InPool() {
 		return nil
 	}
 	p, err := e.pool.get()
@@ -325,20 +328,68 @@ func (e *exporter) CheckResize(s *volume.Spec) error {
 
 // Resize applies a grown spec to the exported volume now (the admin API's
 // resize calls it after the catalogue write, so the request returns once
-// the LU reports the new capacity). A volume that is not exported here
-// is left to the node that serves it: nil.
+// the LU reports the new capacity). A file or pool volume that is not
+// exported here is left to the node that serves it: nil. A replicated
+// volume grows this node's copy if it holds one, and unless this node
+// serves it, Resize then waits (up to resizeWait) until the serving node
+// reports the new size in etcd, or returns an error saying what is
+// pending.
 func (e *exporter) Resize(ctx context.Context, s *volume.Spec) error {
 	e.opMu.Lock()
-	defer e.opMu.Unlock()
 	e.mu.RLock()
 	x := e.mu.byIQ[s.TargetName()]
 	e.mu.RUnlock()
-	if x == nil || x.spec.UUID != s.UUID {
+	var err error
+	here := x != nil && x.spec.UUID == s.UUID
+	if here {
+		err = e.updateLocked(ctx, x, s)
+		e.poke()
+	}
+	e.opMu.Unlock()
+	if err != nil || !s.Replicated() || (here && x.rep != nil && x.rep.serving()) {
+		return err
+	}
+	return e.awaitServed(ctx, s)
+}
+
+// resizeWait bounds how long a resize of a replicated volume, requested
+// on a node that does not serve it, waits for the serving node: longer
+// than the owner's wait for its replicas (growTimeout).
+const resizeWait = growTimeout + 15*time.Second
+
+// awaitServed waits until the serving node of the replicated volume s
+// reports, in its etcd status, that it serves s.Size bytes without error
+// (it writes the status after applying the spec), for up to resizeWait.
+// Without etcd (tests) it returns nil at once.
+func (e *exporter) awaitServed(ctx context.Context, s *volume.Spec) error {
+	if e.cl == nil {
 		return nil
 	}
-	err := e.updateLocked(ctx, x, s)
-	e.poke()
-	return err
+	ctx, cancel := context.WithTimeout(ctx, resizeWait)
+	defer cancel()
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		st, ok, err := e.cl.VolumeStatus(ctx, s.Name)
+		if err == nil && ok && st.Exported && st.Size >= s.Size && st.Error == "" {
+			return nil
+		}
+		select {
+		case <-t.C:
+			continue
+		case <-ctx.Done():
+		}
+		switch {
+		case err != nil:
+			return fmt.Errorf("the serving node's status could not be read to confirm the grow: %w", err)
+		case !ok || st.Node == "":
+			return fmt.Errorf("no node serves volume %q now; its holders grow it when one does", s.Name)
+		case st.Error != "":
+			return fmt.Errorf("the serving node %s has not applied the new size (it serves %d bytes): %s", st.Node, st.Size, st.Error)
+		}
+		return fmt.Errorf("the serving node %s did not confirm the new size within %v (it reports %d bytes): it applies it when it sees the spec",
+			st.Node, resizeWait, st.Size)
+	}
 }
 
 // Unexport hides the volume's target from new logins, closes its sessions

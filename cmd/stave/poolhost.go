@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -92,6 +93,13 @@ func (h *poolHost) close() {
 	if err := p.Close(); err != nil {
 		h.log.Error("closing the pool", logkey.Err, err)
 	}
+}
+
+// exists reports whether the data dir has a pool (open or not).
+func (h *poolHost) exists() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.mu.exists
 }
 
 // get returns the open pool or an error that says why there is none.
@@ -455,6 +463,13 @@ func (h *poolHost) warnOrphans(cat *volume.Catalog) {
 		return
 	}
 	for _, vi := range p.Volumes() {
+		if name, _, ok := strings.Cut(strings.TrimPrefix(vi.Name, volume.ReplicaCopyPrefix), "@"); ok && strings.HasPrefix(vi.Name, volume.ReplicaCopyPrefix) {
+			// A replica copy: the reconcile loop removes it once its
+			// volume is gone (replicaHost.dropOrphanCopies).
+			if s, err := cat.Get(name); err == nil && s.ReplicaCopyName() == vi.Name {
+				continue
+			}
+		}
 		if _, err := cat.Get(vi.Name); err != nil {
 			h.log.Warn("pool volume without a catalogue entry: not exported", logkey.Volume, vi.Name, logkey.Size, vi.Size)
 		}

@@ -124,10 +124,13 @@ func (e *exporter) pass(ctx context.Context) {
 	if e.reps != nil {
 		for _, s := range specs {
 			if s.Replicated() && !e.mine(s) && !slices.ContainsFunc(dropData, func(d *volume.Spec) bool { return d.Name == s.Name }) &&
-				hasReplicaData(e.cat.Dir(s.Name)) {
+				e.reps.hasCopy(s, e.cat.Dir(s.Name)) {
 				dropData = append(dropData, s)
 			}
 		}
+	}
+	if e.reps != nil {
+		e.reps.dropOrphanCopies(ctx, specs)
 	}
 	for _, s := range dropData {
 		if err := e.reps.removeReplicaData(s, e.cat.Dir(s.Name)); err != nil {

@@ -24,7 +24,6 @@ import (
 	"stave.dev/stave/internal/logkey"
 	"stave.dev/stave/internal/volume"
 	"stave.dev/stave/replication"
-	"stave.dev/stave/replication/filestore"
 	"stave.dev/stave/target/scsi"
 	"stave.dev/stave/target/scsi/sense"
 )
@@ -62,6 +61,10 @@ const (
 	// claimStagger delays the claim of the n-th node of Replicas by n
 	// times this, so that the preferred owner usually wins when all are up.
 	claimStagger = 150 * time.Millisecond
+	// growTimeout is how long an owner growing a volume waits for each
+	// ISR member to grow its copy (it does when it sees the new spec)
+	// before it removes the member from the ISR.
+	growTimeout = 20 * time.Second
 )
 
 // errTransition is the sense of I/O that reaches a holder while it does
@@ -95,6 +98,10 @@ type replicaHost struct {
 	// been down for replaceAfter to another node (0: never).
 	cat          *volume.Catalog
 	replaceAfter time.Duration
+
+	// pools is the node's pool: copies of replicated volumes live in it
+	// when it exists (openCopy); nil in tests without one.
+	pools *poolHost
 
 	mu     sync.Mutex
 	stores map[string]replication.Store // by volume, for the replication server
@@ -138,7 +145,7 @@ type replica struct {
 	log   *slog.Logger
 	spec  atomic.Pointer[volume.Spec] // replaced when a replica moves (setSpec)
 	group uint16                      // this node's target port group
-	store *filestore.Store
+	store localCopy
 	drv   *owner.Driver
 	dev   *replicaDevice
 	alua  *aluaPorts
@@ -163,6 +170,11 @@ type replica struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	// growMu serializes grows (the exporter's and growLagging's);
+	// growing is set while growLagging's goroutine runs.
+	growMu  sync.Mutex
+	growing atomic.Bool
+
 	mu struct {
 		sync.Mutex
 		vol      *replication.Volume // the epoch's volume while reconciling or serving
@@ -184,7 +196,7 @@ func (h *replicaHost) openReplica(ctx context.Context, s *volume.Spec, dir strin
 	if idx < 0 {
 		return nil, fmt.Errorf("stave: volume %s: this node holds no replica of it", s.Name)
 	}
-	st, err := filestore.Open(filepath.Join(dir, replicaDir), s.Size, filestore.Options{})
+	st, err := h.openCopy(ctx, s, dir)
 	if err != nil {
 		return nil, fmt.Errorf("stave: volume %s: opening its replica: %w", s.Name, err)
 	}
@@ -200,7 +212,7 @@ func (h *replicaHost) openReplica(ctx context.Context, s *volume.Spec, dir strin
 	r.mu.tried = map[string]time.Time{}
 	r.mu.down = map[string]time.Time{}
 	r.applied = make(chan struct{}, 1)
-	r.dev = &replicaDevice{size: st.Size()}
+	r.dev = &replicaDevice{store: st}
 	r.alua = newALUAPorts(len(s.Replicas), r.group)
 	drv, err := owner.New(owner.Config{
 		Logger:     h.log,
@@ -294,6 +306,7 @@ func (r *replica) watch(ctx context.Context) {
 		case <-t.C:
 		}
 		r.updateALUA()
+		r.growLagging(ctx)
 		if time.Since(lastPorts) >= 5*replicaPoll {
 			r.refreshPorts(ctx)
 			lastPorts = time.Now()
@@ -366,6 +379,62 @@ func (r *replica) setSpec(s *volume.Spec) {
 	if old := r.spec.Swap(s); !slices.Equal(old.Replicas, s.Replicas) {
 		r.log.Info("volume's replicas changed", "replicas", s.Replicas)
 	}
+}
+
+// grow brings this node's part of the volume to size bytes: its copy
+// first (an owner growing the volume waits until every ISR member's copy
+// holds size bytes), then, while this node owns the volume, the epoch's
+// replication.Volume, which grows once every ISR member's copy has or
+// removes the members that do not within growTimeout. The caller then
+// resizes the LU (CAPACITY DATA HAS CHANGED).
+func (r *replica) grow(ctx context.Context, size int64) error {
+	r.growMu.Lock()
+	defer r.growMu.Unlock()
+	if old := r.store.Size(); old < size {
+		if err := r.store.Resize(size); err != nil {
+			return fmt.Errorf("stave: volume %s: growing this node's copy from %d to %d bytes: %w", r.specNow().Name, old, size, err)
+		}
+		r.log.Info("copy grown", logkey.Size, size, "old_size", old)
+	}
+	r.mu.Lock()
+	v := r.mu.vol
+	r.mu.Unlock()
+	if v == nil || v.Size() >= size {
+		return nil
+	}
+	if err := v.Grow(ctx, size); err != nil {
+		return fmt.Errorf("stave: volume %s: growing it to %d bytes: %w", r.specNow().Name, size, err)
+	}
+	return nil
+}
+
+// growLagging, on the serving owner, grows the epoch's volume in the
+// background when it is smaller than the spec (it was opened while the
+// copy grew, or a grow failed), one grow at a time, and resizes the LU.
+func (r *replica) growLagging(ctx context.Context) {
+	r.mu.Lock()
+	v, serving := r.mu.vol, r.mu.serving
+	r.mu.Unlock()
+	size := r.specNow().Size
+	if !serving || v == nil || v.Size() >= size || !r.growing.CompareAndSwap(false, true) {
+		return
+	}
+	r.mu.Lock()
+	r.mu.resyncWG.Add(1)
+	r.mu.Unlock()
+	go func() {
+		defer r.mu.resyncWG.Done()
+		defer r.growing.Store(false)
+		if err := r.grow(ctx, size); err != nil {
+			if ctx.Err() == nil {
+				r.log.Warn("served volume smaller than its spec; growing it failed, retried", logkey.Size, v.Size(), logkey.Err, err)
+			}
+			return
+		}
+		if lu := r.lu.Load(); lu != nil {
+			lu.Resize()
+		}
+	}()
 }
 
 // replaceLost, on the serving owner, moves the copy of a holder that has
@@ -562,8 +631,9 @@ func (r *replica) Reconcile(ctx context.Context, epoch uint64, members []string)
 		ISR:         r.drv.ISR(),
 		// A replica slower than this is dropped from the ISR (and resynced
 		// later); a dead one fails at once (its connection breaks).
-		AckTimeout: max(5*time.Second, 2*r.h.ttl),
-		TLS:        r.h.tls,
+		AckTimeout:  max(5*time.Second, 2*r.h.ttl),
+		GrowTimeout: growTimeout,
+		TLS:         r.h.tls,
 	})
 	if err != nil {
 		return err
@@ -759,22 +829,6 @@ func (r *replica) resyncMissing(ctx context.Context) {
 	}
 }
 
-// removeReplicaData deletes a replicated volume's local copy and its
-// persisted epoch after its spec was deleted.
-func (h *replicaHost) removeReplicaData(s *volume.Spec, dir string) error {
-	if err := os.RemoveAll(filepath.Join(dir, replicaDir)); err != nil {
-		return err
-	}
-	if err := h.epochs.Forget(replicationID(s)); err != nil {
-		return err
-	}
-	err := os.Remove(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	return err
-}
-
 // replicationTLS loads the mutual-TLS configuration of replication
 // connections (replication.tls_*): the server side for the node's
 // replication listener, the client side for the owner's links. Both nil
@@ -811,8 +865,10 @@ func hasReplicaData(dir string) bool {
 // epoch's replication.Volume while this node serves, NOT READY
 // (transition) otherwise.
 type replicaDevice struct {
-	size int64
-	cur  atomic.Pointer[replication.Volume]
+	// store is this node's copy: its size is the device's while this node
+	// does not serve (READ CAPACITY on standby ports).
+	store interface{ Size() int64 }
+	cur   atomic.Pointer[replication.Volume]
 }
 
 var _ scsi.BlockDevice = (*replicaDevice)(nil)
@@ -836,8 +892,14 @@ func mapErr(err error) error {
 	return err
 }
 
-// Size implements scsi.BlockDevice.
-func (d *replicaDevice) Size() int64 { return d.size }
+// Size implements scsi.BlockDevice: the serving volume's size (which
+// grows only once every ISR member's copy has), else the local copy's.
+func (d *replicaDevice) Size() int64 {
+	if v := d.cur.Load(); v != nil {
+		return v.Size()
+	}
+	return d.store.Size()
+}
 
 // ReadAt implements scsi.BlockDevice.
 func (d *replicaDevice) ReadAt(ctx context.Context, p []byte, off int64) error {

@@ -85,7 +85,7 @@ func TestALUAPorts(t *testing.T) {
 }
 
 func TestReplicaDeviceNotServing(t *testing.T) {
-	d := &replicaDevice{size: 1 << 20}
+	d := &replicaDevice{store: replication.NewMemStore(1 << 20)}
 	var se *sense.Error
 	if err := d.WriteAt(t.Context(), make([]byte, 512), 0, false); !errors.As(err, &se) ||
 		se.Key != sense.KeyNotReady || se.ASC != sense.ASCLogicalUnitNotAccessibleTransition {

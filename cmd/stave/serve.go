@@ -226,6 +226,7 @@ func serveAction(c *cli.Context) error {
 		}
 		reps.nports = len(o.portals)
 		reps.cat, reps.replaceAfter = cat, cfg.Replication.ReplaceAfter
+		reps.pools = ph
 		reps.floatLink = cfg.Replication.FloatingInterface
 		if len(o.portals) > 0 {
 			if _, port, err := net.SplitHostPort(o.portals[0].Listen); err == nil {

@@ -790,6 +790,12 @@ func (s *Server) toVolume(sp *volume.Spec, counts map[string]int) Volume {
 // allocated returns the bytes a volume's data occupies.
 func (s *Server) allocated(sp *volume.Spec) (int64, bool) {
 	if sp.Replicated() {
+		// This node's copy: in the pool, or a file on a node without one.
+		if s.pool != nil {
+			if n, ok := s.pool.Allocated(sp.ReplicaCopyName()); ok {
+				return n, true
+			}
+		}
 		n, err := filedev.Allocated(filepath.Join(s.vols.Dir(sp.Name), "replica", "data"))
 		return n, err == nil
 	}

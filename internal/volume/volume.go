@@ -161,6 +161,16 @@ func (s *Spec) HasDataFile() bool { return !s.InPool() && !s.Replicated() }
 // Replicated reports whether the volume has copies on several nodes.
 func (s *Spec) Replicated() bool { return s.Backend == BackendReplicated }
 
+// ReplicaCopyName is the name, in a node's pool, of that node's copy of
+// the replicated volume s: "replica:NAME@UUID", so that a volume created
+// again under a deleted one's name gets a new copy, and no single-node
+// pool volume (named after its volume) can share it.
+func (s *Spec) ReplicaCopyName() string { return ReplicaCopyPrefix + s.Name + "@" + s.UUID }
+
+// ReplicaCopyPrefix starts the pool name of every replica copy
+// (ReplicaCopyName).
+const ReplicaCopyPrefix = "replica:"
+
 // InPool reports whether the volume lives in the pool.
 func (s *Spec) InPool() bool { return s.Backend == BackendPool }
 

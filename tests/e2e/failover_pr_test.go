@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -251,6 +253,15 @@ func newPRInitiator(t *testing.T, name, target string, nodes []*clusterNode) *pr
 // and the volume's target name.
 func startReplicatedCluster(t *testing.T, ips []string, vol string) ([]*clusterNode, string) {
 	t.Helper()
+	return startReplicatedClusterPools(t, ips, vol, 0)
+}
+
+// startReplicatedClusterPools is startReplicatedCluster where the first
+// withPool nodes get a pool (three 256 MiB files) before the volume is
+// created, so that their copies of it live in their pools; the others keep
+// theirs in a file.
+func startReplicatedClusterPools(t *testing.T, ips []string, vol string, withPool int) ([]*clusterNode, string) {
+	t.Helper()
 	for _, ip := range ips {
 		requireLoopbackAlias(t, ip)
 	}
@@ -267,6 +278,21 @@ func startReplicatedCluster(t *testing.T, ips []string, vol string) ([]*clusterN
 	}
 	startTogether(t, ns, func(_ int, n *clusterNode) error { return n.startErr() })
 	ns[0].waitStates(t, map[string]string{"n1": "up", "n2": "up", "n3": "up"})
+	for _, n := range ns[:withPool] {
+		dir := t.TempDir()
+		args := []string{"pool", "create", "--segment-size", "4MiB"}
+		for i := range 3 {
+			p := filepath.Join(dir, fmt.Sprintf("dev%d.img", i))
+			if err := os.WriteFile(p, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(p, 256<<20); err != nil {
+				t.Fatal(err)
+			}
+			args = append(args, "--device", p)
+		}
+		n.MustCLI(args...)
+	}
 	ns[0].MustCLI("volume", "create", vol, "--size", "64MiB", "--replicas", "3")
 	v, err := volumeJSON(ns[0].daemon, vol)
 	if err != nil {
@@ -278,6 +304,16 @@ func startReplicatedCluster(t *testing.T, ips []string, vol string) ([]*clusterN
 	}
 	if _, err := waitInSync(ns[0], vol, 3, clusterWaitTimeout); err != nil {
 		t.Fatal(err)
+	}
+	// Where each copy lives: a node with a pool has no file copy.
+	for i, n := range ns {
+		_, err := os.Stat(filepath.Join(n.DataDir(), "volumes", vol, "replica"))
+		if inPool := i < withPool; inPool != errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s: copy in the pool %v, but its file copy: %v", n.name, inPool, err)
+		}
+		if i < withPool && !strings.Contains(n.Log(), "replica copy created in the pool") {
+			t.Fatalf("%s: no copy created in its pool", n.name)
+		}
 	}
 	return ns, target
 }

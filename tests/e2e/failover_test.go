@@ -531,7 +531,9 @@ func TestClusterFailover(t *testing.T) {
 	testStart := time.Now()
 	runs := failoverRuns(t)
 	const vol = "failover"
-	ns, target := startReplicatedCluster(t, []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}, vol)
+	// Two nodes keep their copies in their pools, the third in a file:
+	// failover and resync go between both kinds of copy.
+	ns, target := startReplicatedClusterPools(t, []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}, vol, 2)
 
 	var mlog syncBuffer
 	t.Cleanup(func() {
