@@ -543,6 +543,11 @@ func (s *Server) poolVolume(w http.ResponseWriter, op, name string) (*volume.Spe
 		s.fail(w, op, err)
 		return nil, false
 	}
+	if sp.Replicated() {
+		s.fail(w, op, fmt.Errorf("%w: volume %q is replicated: snapshots, clones and reverts of replicated volumes are not supported yet "+
+			"(a snapshot must be taken at the same write on every copy)", ErrUnsupported, name))
+		return nil, false
+	}
 	if !sp.InPool() {
 		s.fail(w, op, fmt.Errorf("%w: volume %q lives in a sparse file (it was created before the pool): snapshots, clones and reverts need a pool volume",
 			volume.ErrInvalid, name))

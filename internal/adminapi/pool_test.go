@@ -220,6 +220,14 @@ func TestNoPool(t *testing.T) {
 	}
 	_, err = e.cl.CreateSnapshot(ctx, "f", "s")
 	apiErr(t, err, http.StatusBadRequest, "sparse file")
+	// A replicated volume (placed by the daemon, here written to the
+	// catalogue directly) says so rather than "sparse file".
+	if _, err := e.cat.Create(ctx, volume.CreateRequest{Name: "r", Size: 4096, Replicas: 2,
+		Backend: volume.BackendReplicated, Nodes: []string{"n1", "n2"}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.cl.CreateSnapshot(ctx, "r", "s")
+	apiErr(t, err, http.StatusNotImplemented, "replicated")
 	if ss, err := e.cl.Snapshots(ctx, ""); err != nil || len(ss) != 0 {
 		t.Errorf("Snapshots = %v %v", ss, err)
 	}
