@@ -152,17 +152,28 @@ type conn struct {
 	out  []byte
 }
 
-// serveConn runs one connection: Hello first, then requests in order, each
-// applied and durable before its Ack. One goroutine does both reading and
-// replying: requests are applied strictly in arrival order, which the
-// owner's per-block ordering relies on, so a separate writer would add
-// nothing.
+// Bounds of one connection's pipeline: requests read and not yet
+// answered, and their payload bytes (the reader stops reading at either).
+const (
+	maxInflight      = 64
+	maxInflightBytes = 64 << 20
+)
+
+// serveConn runs one connection: Hello first, then requests, each applied
+// and durable before its Ack. Requests are pipelined: the reader parses
+// each and starts it in a goroutine of its own once every earlier request
+// it depends on is done, and one replier sends the answers in arrival
+// order. A Write, Unmap or RegionData depends on the earlier requests
+// whose blocks overlap its own, so the blocks end as the owner sent them;
+// Flush and DigestReq are barriers (they depend on every earlier request,
+// and every later one on them), so a Flush covers everything before it
+// and digests see every earlier write. Independent writes then share the
+// store's syncs (group commit) instead of paying one each.
 func (s *Server) serveConn(ctx context.Context, c net.Conn) error {
 	br := bufio.NewReaderSize(c, 256<<10)
-	var buf []byte
 	// The TLS handshake and the Hello must not take forever.
 	c.SetReadDeadline(time.Now().Add(s.cfg.WriteTimeout))
-	f, buf, err := ReadFrame(br, buf, s.cfg.MaxPayload)
+	f, _, err := ReadFrame(br, nil, s.cfg.MaxPayload)
 	if err != nil {
 		return err
 	}
@@ -195,19 +206,111 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) error {
 	if err := cn.reply(f.ID, Ack{Status: StatusOK, Epoch: highest}); err != nil {
 		return err
 	}
+	return cn.pipeline(ctx, br)
+}
+
+// request is one parsed request of a connection's pipeline.
+type request struct {
+	id      uint64
+	epoch   uint64
+	apply   func() (Message, error) // the store call; a nil Message is a plain Ack
+	b0, b1  int64                   // the blocks it changes, [b0, b1)
+	barrier bool                    // Flush, DigestReq: ordered against everything
+	bytes   int
+	answer  Message
+	done    chan struct{} // closed once answer is set
+}
+
+// dependsOn reports whether r must wait for the earlier request p.
+func (r *request) dependsOn(p *request) bool {
+	return r.barrier || p.barrier || (r.b0 < p.b1 && p.b0 < r.b1)
+}
+
+// pipeline reads and runs requests until the connection ends; it returns
+// once every request it started is done and answered (or the connection
+// cannot be written any more).
+func (cn *conn) pipeline(ctx context.Context, br *bufio.Reader) error {
+	var (
+		slots    = make(chan struct{}, maxInflight)
+		answers  = make(chan *request, maxInflight)
+		wg       sync.WaitGroup
+		replied  = make(chan error, 1)
+		bytesMu  sync.Mutex
+		bytesCnd = sync.NewCond(&bytesMu)
+		inBytes  int
+		pending  []*request // started, in arrival order; done ones pruned
+	)
+	// The replier: answers in arrival order. After a write error it
+	// closes the connection (which ends the reader) and keeps draining.
+	go func() {
+		var werr error
+		for r := range answers {
+			<-r.done
+			if werr == nil {
+				if werr = cn.reply(r.id, r.answer); werr != nil {
+					cn.c.Close()
+				}
+			}
+			bytesMu.Lock()
+			inBytes -= r.bytes
+			bytesCnd.Broadcast()
+			bytesMu.Unlock()
+			<-slots
+		}
+		replied <- werr
+	}()
+	var rerr error
 	for {
-		f, buf, err = ReadFrame(br, buf, s.cfg.MaxPayload)
-		if err != nil {
-			return err
+		slots <- struct{}{} // the replier frees slots, whatever happens
+		bytesMu.Lock()
+		for inBytes >= maxInflightBytes {
+			bytesCnd.Wait()
 		}
-		a, err := cn.handle(ctx, f)
-		if err != nil {
-			return err
+		bytesMu.Unlock()
+		// A fresh buffer per frame: its payload stays in use until the
+		// request is done.
+		f, _, err := ReadFrame(br, nil, cn.s.cfg.MaxPayload)
+		if err == nil {
+			var r *request
+			if r, err = cn.parse(ctx, f); err == nil {
+				var deps []chan struct{}
+				live := pending[:0]
+				for _, p := range pending {
+					select {
+					case <-p.done:
+						continue
+					default:
+					}
+					live = append(live, p)
+					if r.dependsOn(p) {
+						deps = append(deps, p.done)
+					}
+				}
+				pending = append(live, r)
+				bytesMu.Lock()
+				inBytes += r.bytes
+				bytesMu.Unlock()
+				answers <- r
+				wg.Go(func() {
+					for _, d := range deps {
+						<-d
+					}
+					r.answer = cn.exec(r)
+					close(r.done)
+				})
+				continue
+			}
 		}
-		if err := cn.reply(f.ID, a); err != nil {
-			return err
-		}
+		<-slots
+		rerr = err
+		break
 	}
+	wg.Wait()
+	close(answers)
+	if werr := <-replied; werr != nil {
+		return werr
+	}
+	return rerr
 }
 
 func (cn *conn) reply(id uint64, m Message) error {
@@ -227,9 +330,10 @@ func (cn *conn) nack(err error, highest uint64) Ack {
 	return Ack{Status: StatusIOError, Epoch: highest, Reason: err.Error()}
 }
 
-// handle applies one request and returns its answer. A returned error
+// parse checks one request and prepares its store call. A returned error
 // (protocol violation) drops the connection.
-func (cn *conn) handle(ctx context.Context, f Frame) (Message, error) {
+func (cn *conn) parse(ctx context.Context, f Frame) (*request, error) {
+	r := &request{id: f.ID, bytes: len(f.Payload), done: make(chan struct{})}
 	var epoch uint64
 	var apply func() error
 	var answer Message
@@ -240,8 +344,10 @@ func (cn *conn) handle(ctx context.Context, f Frame) (Message, error) {
 			return nil, err
 		}
 		epoch = EpochOf(m.Version)
+		off := int64(m.LBA) * SectorSize
+		r.b0, r.b1 = off/BlockSize, (off+int64(len(m.Data))+BlockSize-1)/BlockSize
 		apply = func() error {
-			return cn.store.WriteAt(ctx, m.Data, int64(m.LBA)*SectorSize, m.Version)
+			return cn.store.WriteAt(ctx, m.Data, off, m.Version)
 		}
 	case TypeUnmap:
 		m, err := ParseUnmap(f.Payload)
@@ -249,8 +355,10 @@ func (cn *conn) handle(ctx context.Context, f Frame) (Message, error) {
 			return nil, err
 		}
 		epoch = EpochOf(m.Version)
+		off, n := int64(m.LBA)*SectorSize, int64(m.Sectors)*SectorSize
+		r.b0, r.b1 = off/BlockSize, (off+n+BlockSize-1)/BlockSize
 		apply = func() error {
-			return cn.store.Unmap(ctx, int64(m.LBA)*SectorSize, int64(m.Sectors)*SectorSize, m.Version)
+			return cn.store.Unmap(ctx, off, n, m.Version)
 		}
 	case TypeFlush:
 		m, err := ParseFlush(f.Payload)
@@ -258,6 +366,7 @@ func (cn *conn) handle(ctx context.Context, f Frame) (Message, error) {
 			return nil, err
 		}
 		epoch = m.Epoch
+		r.barrier = true
 		apply = func() error { return cn.store.Flush(ctx) }
 	case TypeDigestReq:
 		m, err := ParseDigestReq(f.Payload)
@@ -265,6 +374,7 @@ func (cn *conn) handle(ctx context.Context, f Frame) (Message, error) {
 			return nil, err
 		}
 		epoch = m.Epoch
+		r.barrier = true
 		apply = func() error {
 			d, err := regionDigests(ctx, cn.store, cn.size, int64(m.RegionSize), m.First, int(m.Count))
 			answer = Digests{First: m.First, Digests: d}
@@ -276,8 +386,9 @@ func (cn *conn) handle(ctx context.Context, f Frame) (Message, error) {
 			return nil, err
 		}
 		epoch = m.Epoch
+		first := int64(m.Region) * int64(m.RegionSize) / BlockSize
+		r.b0, r.b1 = first, first+int64(len(m.Versions))
 		apply = func() error {
-			first := int64(m.Region) * int64(m.RegionSize) / BlockSize
 			return cn.store.SetBlocks(ctx, first, m.Versions, m.Data)
 		}
 	default:
@@ -286,20 +397,32 @@ func (cn *conn) handle(ctx context.Context, f Frame) (Message, error) {
 	if epoch != cn.epoch {
 		return nil, fmt.Errorf("%w: %v of epoch %d on a connection of epoch %d", ErrProtocol, f.Type, epoch, cn.epoch)
 	}
-	release, highest, err := cn.s.admit(cn.volume, cn.gate, epoch)
-	if err != nil {
-		return cn.nack(err, highest), nil
+	r.epoch = epoch
+	r.apply = func() (Message, error) {
+		err := apply()
+		return answer, err
 	}
-	err = apply()
+	return r, nil
+}
+
+// exec admits r's epoch (no raise slips between the check and the store
+// call) and applies it, and returns its answer: the store's, an Ack, or a
+// nack for a stale epoch or a store error.
+func (cn *conn) exec(r *request) Message {
+	release, highest, err := cn.s.admit(cn.volume, cn.gate, r.epoch)
+	if err != nil {
+		return cn.nack(err, highest)
+	}
+	answer, err := r.apply()
 	release()
 	if err != nil {
 		cn.s.log.Error("replica store failed", logkey.Volume, cn.volume, logkey.Err, err)
-		return cn.nack(err, highest), nil
+		return cn.nack(err, highest)
 	}
 	if answer != nil {
-		return answer, nil
+		return answer
 	}
-	return Ack{Status: StatusOK, Epoch: highest}, nil
+	return Ack{Status: StatusOK, Epoch: highest}
 }
 
 // regionDigests returns the digests of count regions from first of the

@@ -32,7 +32,8 @@ func EpochOf(version uint64) uint64 { return version >> counterBits }
 // block. Offsets and lengths are multiples of SectorSize. Every mutating
 // call is durable when it returns nil. Implementations must be safe for
 // concurrent use; calls on overlapping blocks are serialized by the caller
-// (the owner's block locks, or the replica's single connection loop).
+// (the owner's block locks; on a replica, the server orders the requests
+// of a connection whose blocks overlap).
 //
 // The pool satisfies it once it can (1) write with a caller-given version
 // instead of assigning one, (2) record unmaps with a version (tombstones
