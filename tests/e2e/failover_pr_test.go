@@ -257,7 +257,8 @@ func startReplicatedCluster(t *testing.T, ips []string, vol string) ([]*clusterN
 }
 
 // startReplicatedClusterPools is startReplicatedCluster where the first
-// withPool nodes get a pool (three 256 MiB files) before the volume is
+// withPool nodes get a pool (three sparse 1 GiB files, default segments)
+// before the volume is
 // created, so that their copies of it live in their pools; the others keep
 // theirs in a file.
 func startReplicatedClusterPools(t *testing.T, ips []string, vol string, withPool int) ([]*clusterNode, string) {
@@ -280,13 +281,13 @@ func startReplicatedClusterPools(t *testing.T, ips []string, vol string, withPoo
 	ns[0].waitStates(t, map[string]string{"n1": "up", "n2": "up", "n3": "up"})
 	for _, n := range ns[:withPool] {
 		dir := t.TempDir()
-		args := []string{"pool", "create", "--segment-size", "4MiB"}
+		args := []string{"pool", "create"}
 		for i := range 3 {
 			p := filepath.Join(dir, fmt.Sprintf("dev%d.img", i))
 			if err := os.WriteFile(p, nil, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.Truncate(p, 256<<20); err != nil {
+			if err := os.Truncate(p, 1<<30); err != nil {
 				t.Fatal(err)
 			}
 			args = append(args, "--device", p)
