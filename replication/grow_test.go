@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	mrand "math/rand/v2"
-	"net"
 	"slices"
 	"sync"
 	"testing"
@@ -95,27 +94,8 @@ type growReplica struct {
 
 func startGrowReplica(t *testing.T, node string, st *growStore) *growReplica {
 	t.Helper()
-	ep, err := OpenEpochStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := NewServer(ServerConfig{Node: node, Epochs: ep, Lookup: func(v string) (Store, bool) { return st, v == "vol" }})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	var once sync.Once
-	r := &growReplica{node: node, store: st, addr: ln.Addr().String(), stop: func() {
-		once.Do(func() {
-			cancel()
-			<-done
-		})
-	}}
-	t.Cleanup(r.stop)
-	return r
+	addr, stop := serveStore(t, node, st)
+	return &growReplica{node: node, store: st, addr: addr, stop: stop}
 }
 
 func (r *growReplica) peer() Peer { return Peer{Node: r.node, Addr: r.addr} }

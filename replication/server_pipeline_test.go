@@ -45,8 +45,10 @@ func (s *slowStore) Flush(ctx context.Context) error {
 	return err
 }
 
-// startSlowReplica serves st as volume "vol" and returns its address.
-func startSlowReplica(t *testing.T, st Store) string {
+// serveStore runs a replica Server named node that serves st as volume
+// "vol" on a loopback port, and returns its address and an idempotent
+// stop (also run at cleanup).
+func serveStore(t *testing.T, node string, st Store) (addr string, stop func()) {
 	t.Helper()
 	ep, err := OpenEpochStore(t.TempDir())
 	if err != nil {
@@ -56,12 +58,19 @@ func startSlowReplica(t *testing.T, st Store) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer(ServerConfig{Node: "r1", Epochs: ep, Lookup: func(v string) (Store, bool) { return st, v == "vol" }})
+	srv := NewServer(ServerConfig{Node: node, Epochs: ep, Lookup: func(v string) (Store, bool) { return st, v == "vol" }})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return ln.Addr().String()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			<-done
+		})
+	}
+	t.Cleanup(stop)
+	return ln.Addr().String(), stop
 }
 
 // send writes m as frame id without waiting for the answer.
@@ -101,7 +110,8 @@ func TestServerPipelineOrder(t *testing.T) {
 	for seed := range uint64(3) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			st := &slowStore{MemStore: NewMemStore(testSize), rng: rand.New(rand.NewPCG(seed, 1))}
-			rc := dialRaw(t, startSlowReplica(t, st))
+			addr, _ := serveStore(t, "r1", st)
+			rc := dialRaw(t, addr)
 			if a := rc.ack(Hello{Epoch: 1, Size: testSize, Volume: "vol"}); a.Status != StatusOK {
 				t.Fatalf("hello: %+v", a)
 			}
@@ -170,7 +180,7 @@ func TestServerPipelineOrder(t *testing.T) {
 func TestServerPipelineStaleEpoch(t *testing.T) {
 	checkNoLeak(t)
 	st := &slowStore{MemStore: NewMemStore(testSize), rng: rand.New(rand.NewPCG(9, 9))}
-	addr := startSlowReplica(t, st)
+	addr, _ := serveStore(t, "r1", st)
 	old := dialRaw(t, addr)
 	if a := old.ack(Hello{Epoch: 1, Size: testSize, Volume: "vol"}); a.Status != StatusOK {
 		t.Fatalf("hello 1: %+v", a)
