@@ -3,7 +3,6 @@ package replication_test
 import (
 	"context"
 	"math/rand/v2"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,6 +10,7 @@ import (
 
 	"stave.dev/stave/replication"
 	"stave.dev/stave/replication/filestore"
+	"stave.dev/stave/replication/replicatest"
 )
 
 // benchISR accepts every ISR change (a benchmark never loses a replica).
@@ -47,23 +47,12 @@ func benchServer(b *testing.B, size, workers int) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	ep, err := replication.OpenEpochStore(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := replication.NewServer(replication.ServerConfig{Node: "r1", Epochs: ep,
-		Lookup: func(v string) (replication.Store, bool) { return st, v == "vol" }})
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, ln) }()
-	defer func() { cancel(); <-served }()
+	peer, stop := replicatest.Serve(b, "r1", st, "")
+	defer stop() // before st.Close
+	ctx := context.Background()
 
 	v, err := replication.OpenVolume(ctx, replication.VolumeConfig{Name: "vol", Node: "owner", Epoch: 1,
-		Local: replication.NewMemStore(volSize), Replicas: []replication.Peer{{Node: "r1", Addr: ln.Addr().String()}},
+		Local: replication.NewMemStore(volSize), Replicas: []replication.Peer{peer},
 		ISR: benchISR{}, AckTimeout: 30 * time.Second})
 	if err != nil {
 		b.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"net"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"stave.dev/stave/replication"
+	"stave.dev/stave/replication/replicatest"
 )
 
 // testISR is an ISR record guarded by the epoch, like etcd's.
@@ -47,26 +47,8 @@ func (f *testISR) Add(_ context.Context, epoch uint64, node string) error {
 // loopback until the test ends.
 func serveReplica(t *testing.T, node string, st replication.Store) replication.Peer {
 	t.Helper()
-	ep, err := replication.OpenEpochStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := replication.NewServer(replication.ServerConfig{Node: node, Epochs: ep,
-		Lookup: func(v string) (replication.Store, bool) { return st, v == "vol" }})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve %s: %v", node, err)
-		}
-	})
-	return replication.Peer{Node: node, Addr: ln.Addr().String()}
+	p, _ := replicatest.Serve(t, node, st, "")
+	return p
 }
 
 // TestReplicatedVolume drives replication.Volume and two replication

@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +16,7 @@ import (
 
 	"stave.dev/stave/pool"
 	"stave.dev/stave/replication"
+	"stave.dev/stave/replication/replicatest"
 )
 
 var seedFlag = flag.Uint64("seed", 0, "seed of TestModel (0: derived from the time)")
@@ -302,42 +302,17 @@ func (f *fakeISR) Add(_ context.Context, _ uint64, node string) error {
 
 // replica serves one Store as volume "vol" on loopback TCP.
 type replica struct {
-	node   string
-	addr   string
-	cancel context.CancelFunc
-	done   chan error
+	p    replication.Peer
+	stop func()
 }
 
 func startReplica(t *testing.T, node string, st replication.Store, epochDir string) *replica {
 	t.Helper()
-	ep, err := replication.OpenEpochStore(epochDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := replication.NewServer(replication.ServerConfig{Node: node, Epochs: ep,
-		Lookup: func(v string) (replication.Store, bool) { return st, v == "vol" }})
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &replica{node: node, addr: ln.Addr().String(), cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(r.stop)
-	return r
+	p, stop := replicatest.Serve(t, node, st, epochDir)
+	return &replica{p: p, stop: stop}
 }
 
-// stop stops the server (idempotent).
-func (r *replica) stop() {
-	if r.cancel == nil {
-		return
-	}
-	r.cancel()
-	<-r.done
-	r.cancel = nil
-}
-
-func (r *replica) peer() replication.Peer { return replication.Peer{Node: r.node, Addr: r.addr} }
+func (r *replica) peer() replication.Peer { return r.p }
 
 // writeSome writes n random sector-aligned extents through the owner.
 func writeSome(t *testing.T, v *replication.Volume, rng *rand.Rand, n int) {
