@@ -45,6 +45,27 @@ func copyDir(t *testing.T, from, to string) {
 	}
 }
 
+// saveIndex closes the pool, keeps a copy of its index (MetaDir) in
+// DIR/meta-old and opens the pool again. It returns the copy's path, for
+// replayFrom.
+func (tp *testPool) saveIndex(t *testing.T) string {
+	t.Helper()
+	saved := filepath.Join(tp.dir, "meta-old")
+	tp.p.Close()
+	copyDir(t, tp.opts.MetaDir, saved)
+	tp.open(t)
+	return saved
+}
+
+// replayFrom closes the pool, puts the index copy saved back and opens
+// the pool, which replays everything logged since the copy was made.
+func (tp *testPool) replayFrom(t *testing.T, saved string) {
+	t.Helper()
+	tp.p.Close()
+	copyDir(t, saved, tp.opts.MetaDir)
+	tp.open(t)
+}
+
 func readAll(t *testing.T, v *Volume, off int64, n int) []byte {
 	t.Helper()
 	b := make([]byte, n)
@@ -76,10 +97,7 @@ func TestReplayTornTail(t *testing.T) {
 					t.Fatal(err)
 				}
 				tp.reopen(t)
-				tp.p.Close()
-				old := filepath.Join(tp.dir, "meta-old")
-				copyDir(t, tp.opts.MetaDir, old)
-				tp.open(t)
+				old := tp.saveIndex(t)
 				v = tp.vol(t, "v")
 				if err := v.WriteAt(ctx, b, 40960, false); err != nil {
 					t.Fatal(err)

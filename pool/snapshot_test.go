@@ -349,14 +349,12 @@ func TestSnapshotModel(t *testing.T) {
 				return names[rng.IntN(len(names))]
 			}
 			for round := range 10 {
-				old := filepath.Join(tp.dir, "meta-old")
+				var old string
 				if round%5 == 4 {
 					// Keep the index as it is now: the round ends with a
 					// replay of everything after it (a crash that lost
 					// the index's unsynced tail).
-					tp.p.Close()
-					copyDir(t, tp.opts.MetaDir, old)
-					tp.open(t)
+					old = tp.saveIndex(t)
 				}
 				for range 80 {
 					op := rng.IntN(100)
@@ -485,9 +483,7 @@ func TestSnapshotModel(t *testing.T) {
 					// (a crash before the frees); then the index loses
 					// everything since the round began.
 					t.Logf("round %d: cleaner copied %d segments", round, carryEverything(t, tp.p))
-					tp.p.Close()
-					copyDir(t, old, tp.opts.MetaDir)
-					tp.open(t)
+					tp.replayFrom(t, old)
 					checkAll(ctx, t, tp.p, m, fmt.Sprintf("round %d after a replay of copies and originals", round))
 				}
 			}

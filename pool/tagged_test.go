@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 
@@ -192,18 +191,13 @@ func TestTagsSurvive(t *testing.T) {
 		t.Fatal(err)
 	}
 	tp.reopen(t)
-	tp.p.Close()
-	old := filepath.Join(tp.dir, "meta-old")
-	copyDir(t, tp.opts.MetaDir, old)
-	tp.open(t)
+	old := tp.saveIndex(t)
 	m := newTagModel(1 << 20)
 	tagWorkload(t, tp.vol(t, "t"), m)
 	m.check(t, tp.vol(t, "t"), "live")
 
 	// (a) Replay: the index from before the writes, the log after it.
-	tp.p.Close()
-	copyDir(t, old, tp.opts.MetaDir)
-	tp.open(t)
+	tp.replayFrom(t, old)
 	m.check(t, tp.vol(t, "t"), "after replay")
 	tp.reopen(t)
 	m.check(t, tp.vol(t, "t"), "after reopen")
@@ -297,10 +291,7 @@ func TestSetBlocksLowerTagWins(t *testing.T) {
 				t.Fatal(err)
 			}
 			tp.reopen(t)
-			tp.p.Close()
-			old := filepath.Join(tp.dir, "meta-old")
-			copyDir(t, tp.opts.MetaDir, old)
-			tp.open(t)
+			old := tp.saveIndex(t)
 			v := tp.vol(t, "t")
 			m := newTagModel(1 << 20)
 			hiData := pattern(7, 4*layout.BlockSize)
@@ -319,9 +310,7 @@ func TestSetBlocksLowerTagWins(t *testing.T) {
 			m.check(t, v, "live")
 			tp.reopen(t)
 			m.check(t, tp.vol(t, "t"), "after reopen")
-			tp.p.Close()
-			copyDir(t, old, tp.opts.MetaDir)
-			tp.open(t)
+			tp.replayFrom(t, old)
 			m.check(t, tp.vol(t, "t"), "after replay")
 			tp.recover(t)
 			m.check(t, tp.vol(t, "t"), "after Recover")
