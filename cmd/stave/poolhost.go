@@ -463,9 +463,10 @@ func (h *poolHost) warnOrphans(cat *volume.Catalog) {
 		return
 	}
 	for _, vi := range p.Volumes() {
-		if name, _, ok := strings.Cut(strings.TrimPrefix(vi.Name, volume.ReplicaCopyPrefix), "@"); ok && strings.HasPrefix(vi.Name, volume.ReplicaCopyPrefix) {
+		if rest, ok := strings.CutPrefix(vi.Name, volume.ReplicaCopyPrefix); ok {
 			// A replica copy: the reconcile loop removes it once its
 			// volume is gone (replicaHost.dropOrphanCopies).
+			name, _, _ := strings.Cut(rest, "@")
 			if s, err := cat.Get(name); err == nil && s.ReplicaCopyName() == vi.Name {
 				continue
 			}

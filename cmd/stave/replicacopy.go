@@ -107,7 +107,7 @@ func (h *replicaHost) removeReplicaData(s *volume.Spec, dir string) error {
 			return err
 		}
 	}
-	if err := h.epochs.Forget(replicationID(s)); err != nil {
+	if err := h.epochs.Forget(s.ReplicationID()); err != nil {
 		return err
 	}
 	err := os.Remove(dir)

@@ -73,10 +73,6 @@ const (
 // path.
 var errTransition = sense.New(sense.KeyNotReady, sense.ASCLogicalUnitNotAccessibleTransition)
 
-// replicationID is the name of a replicated volume in the replication
-// protocol and the epoch store: its name and UUID, so that a volume
-// created again under a deleted one's name is a new volume everywhere.
-func replicationID(s *volume.Spec) string { return s.Name + "@" + s.UUID }
 
 // replicaHost is the node's side of every replicated volume it holds.
 type replicaHost struct {
@@ -220,7 +216,7 @@ func (h *replicaHost) openReplica(ctx context.Context, s *volume.Spec, dir strin
 		Volume:     s.Name,
 		Self:       h.node,
 		Epochs:     h.epochs,
-		EpochKey:   replicationID(s),
+		EpochKey:   s.ReplicationID(),
 		TTL:        h.ttl,
 		ClaimDelay: time.Duration(idx) * claimStagger,
 		Handler:    r,
@@ -237,7 +233,7 @@ func (h *replicaHost) openReplica(ctx context.Context, s *volume.Spec, dir strin
 		}
 	}
 	h.mu.Lock()
-	h.stores[replicationID(s)] = st
+	h.stores[s.ReplicationID()] = st
 	h.mu.Unlock()
 	r.refreshPorts(ctx)
 	ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
@@ -285,7 +281,7 @@ func (r *replica) close() error {
 	r.stopServing("volume closed")
 	r.mu.resyncWG.Wait()
 	r.h.mu.Lock()
-	if id := replicationID(r.specNow()); r.h.stores[id] == replication.Store(r.store) {
+	if id := r.specNow().ReplicationID(); r.h.stores[id] == replication.Store(r.store) {
 		delete(r.h.stores, id)
 	}
 	r.h.mu.Unlock()
@@ -620,7 +616,7 @@ func (r *replica) Reconcile(ctx context.Context, epoch uint64, members []string)
 	r.log.Info("owner: reconciling replicas", "epoch", epoch, "members", members)
 	v, err := replication.OpenVolume(ctx, replication.VolumeConfig{
 		Logger:   r.log.With(logkey.Component, "replication"),
-		Name:     replicationID(r.specNow()),
+		Name:     r.specNow().ReplicationID(),
 		Node:     r.h.node,
 		Epoch:    epoch,
 		Local:    r.store,

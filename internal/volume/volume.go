@@ -165,7 +165,12 @@ func (s *Spec) Replicated() bool { return s.Backend == BackendReplicated }
 // the replicated volume s: "replica:NAME@UUID", so that a volume created
 // again under a deleted one's name gets a new copy, and no single-node
 // pool volume (named after its volume) can share it.
-func (s *Spec) ReplicaCopyName() string { return ReplicaCopyPrefix + s.Name + "@" + s.UUID }
+func (s *Spec) ReplicaCopyName() string { return ReplicaCopyPrefix + s.ReplicationID() }
+
+// ReplicationID is the name of a replicated volume in the replication
+// protocol and the epoch store: NAME@UUID, so that a volume created again
+// under a deleted one's name is a new volume everywhere.
+func (s *Spec) ReplicationID() string { return s.Name + "@" + s.UUID }
 
 // ReplicaCopyPrefix starts the pool name of every replica copy
 // (ReplicaCopyName).
