@@ -73,7 +73,6 @@ const (
 // path.
 var errTransition = sense.New(sense.KeyNotReady, sense.ASCLogicalUnitNotAccessibleTransition)
 
-
 // replicaHost is the node's side of every replicated volume it holds.
 type replicaHost struct {
 	log    *slog.Logger
