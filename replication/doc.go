@@ -46,6 +46,13 @@
 // A region digest is the SHA-256 of the big-endian versions of the
 // region's blocks.
 //
+// Hello's size is the owner's volume size. A replica accepts it when its
+// store is at least that large (a replica grows its copy when it sees a
+// grown spec, possibly before the owner does) and refuses a larger one;
+// digests cover the owner's size. Volume.Grow sends every ISR member a
+// Hello of the new size before the LU reports it, and drops from the ISR
+// a member that does not accept it within GrowTimeout.
+//
 // # Ordering rules
 //
 // Owner, for each write:

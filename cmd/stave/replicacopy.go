@@ -51,7 +51,14 @@ func (c *poolCopy) Close() error { return nil }
 // error rather than a silent fallback to a file.
 func (h *replicaHost) openCopy(ctx context.Context, s *volume.Spec, dir string) (localCopy, error) {
 	if hasReplicaData(dir) || h.pools == nil || !h.pools.exists() {
-		st, err := filestore.Open(filepath.Join(dir, replicaDir), s.Size, filestore.Options{})
+		// An existing copy opens at its own size: a grow that did not
+		// finish on this node leaves it smaller than the spec, and
+		// openReplica grows it.
+		path, size := filepath.Join(dir, replicaDir), s.Size
+		if filestore.Exists(path) {
+			size = 0
+		}
+		st, err := filestore.Open(path, size, filestore.Options{})
 		if err != nil {
 			return nil, err
 		}

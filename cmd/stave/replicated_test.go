@@ -2,12 +2,15 @@ package main
 
 import (
 	"errors"
+	"log/slog"
+	"path/filepath"
 	"slices"
 	"testing"
 
 	"stave.dev/stave/cluster"
 	"stave.dev/stave/internal/volume"
 	"stave.dev/stave/replication"
+	"stave.dev/stave/replication/filestore"
 	"stave.dev/stave/target/scsi"
 	"stave.dev/stave/target/scsi/sense"
 )
@@ -143,5 +146,44 @@ func TestPickReplacement(t *testing.T) {
 	delete(nodes, "d")
 	if _, err := pickReplacement(nodes, sp); err == nil {
 		t.Fatal("no candidate: want an error")
+	}
+}
+
+// TestOpenCopyAtItsOwnSize: a file copy that a grow did not reach (the
+// daemon stopped between the spec change and the copy's Resize) opens at
+// its own size, so that openReplica can grow it, rather than failing on
+// the size mismatch at every start.
+func TestOpenCopyAtItsOwnSize(t *testing.T) {
+	dir := t.TempDir()
+	st, err := filestore.Open(filepath.Join(dir, replicaDir), 1<<20, filestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	h := &replicaHost{log: slog.New(slog.DiscardHandler)}
+	s := &volume.Spec{Name: "v", Size: 2 << 20}
+	c, err := h.openCopy(t.Context(), s, dir)
+	if err != nil {
+		t.Fatalf("openCopy of a copy smaller than its spec: %v", err)
+	}
+	defer c.Close()
+	if c.Size() != 1<<20 {
+		t.Fatalf("copy size %d, want its own 1 MiB", c.Size())
+	}
+	if err := c.Resize(s.Size); err != nil || c.Size() != s.Size {
+		t.Fatalf("grow to the spec: size %d, %v", c.Size(), err)
+	}
+
+	// A new copy is created at the spec's size.
+	dir2 := t.TempDir()
+	c2, err := h.openCopy(t.Context(), s, dir2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if c2.Size() != s.Size {
+		t.Fatalf("new copy size %d, want %d", c2.Size(), s.Size)
 	}
 }

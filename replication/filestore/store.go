@@ -199,6 +199,13 @@ type chunk struct {
 	elem     *list.Element // in Store.mu.idle when armed and inflight == 0
 }
 
+// Exists reports whether dir holds a store (its versions file), which
+// Open with size 0 opens at its own size.
+func Exists(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, versName))
+	return err == nil
+}
+
 // Open opens the store in dir, creating it (and dir) with size bytes, a
 // positive multiple of BlockSize, when dir holds none. An existing store
 // must have size bytes, or size may be 0 to take its size; it is recovered
