@@ -306,14 +306,29 @@ func startReplicatedClusterPools(t *testing.T, ips []string, vol string, withPoo
 	if _, err := waitInSync(ns[0], vol, 3, clusterWaitTimeout); err != nil {
 		t.Fatal(err)
 	}
-	// Where each copy lives: a node with a pool has no file copy.
+	// Where each copy lives: a node with a pool has no file copy. The ISR
+	// of a new volume names every holder at once, so a holder may still be
+	// opening its copy: wait for it.
 	for i, n := range ns {
-		_, err := os.Stat(filepath.Join(n.DataDir(), "volumes", vol, "replica"))
-		if inPool := i < withPool; inPool != errors.Is(err, os.ErrNotExist) {
-			t.Fatalf("%s: copy in the pool %v, but its file copy: %v", n.name, inPool, err)
-		}
-		if i < withPool && !strings.Contains(n.Log(), "replica copy created in the pool") {
-			t.Fatalf("%s: no copy created in its pool", n.name)
+		inPool := i < withPool
+		deadline := time.Now().Add(clusterWaitTimeout)
+		for {
+			_, err := os.Stat(filepath.Join(n.DataDir(), "volumes", vol, "replica"))
+			hasFile := err == nil
+			created := strings.Contains(n.Log(), "replica copy created in the pool")
+			if inPool && hasFile {
+				t.Fatalf("%s: its copy should be in its pool, but it has a file copy", n.name)
+			}
+			if !inPool && created {
+				t.Fatalf("%s: it has no pool, but logged a copy created in one", n.name)
+			}
+			if hasFile != inPool && created == inPool {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no copy within %v (in the pool %v; file copy %v: %v)", n.name, clusterWaitTimeout, inPool, hasFile, err)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
 	return ns, target
