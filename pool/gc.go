@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -142,7 +143,9 @@ func (p *Pool) gcOnce(ctx context.Context) (int, error) {
 
 // cleanSegment rewrites the live records of segment row and frees it.
 //
-//  1. Scan the segment's batches (reconstructing damaged chunks).
+//  1. Scan the segment's batches (reconstructing damaged chunks). A
+//     segment without live blocks is scanned by its headers only, except
+//     for batches holding meta records.
 //  2. For each data record still indexed at this location, rewrite the
 //     block with its version (flagGC batch) while holding its block lock,
 //     so no foreground write or unmap can interleave.
@@ -160,12 +163,31 @@ func (p *Pool) cleanSegment(ctx context.Context, row uint32) error {
 	members := append([]uint8(nil), s.members[:s.width()]...)
 	tail := s.tail
 	k, m := s.k, s.m
+	// No index entry points into a segment without live blocks, and none
+	// can come to: writes and the cleaner's copies go to open segments.
+	// Its data records need no carrying, so a batch without meta records
+	// is read only for its header (the tombstones); the segment's data is
+	// never read (a segment emptied by overwrites, the common victim).
+	dead := s.live == 0
 	p.mu.Unlock()
 	moved := int64(0)
 	start := time.Now()
 	for off := int64(0); off < tail; {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if dead {
+			h, found := p.readHeader(row, off, members, 0)
+			if !found {
+				break // as below: no batch at off
+			}
+			if !slices.ContainsFunc(h.Records, func(r layout.Record) bool { return r.Kind == layout.KindMeta }) {
+				if err := p.carryTombstones(ctx, &h, p.minVersionElsewhere(row), k, m); err != nil {
+					return err
+				}
+				off += h.ChunkLen()
+				continue
+			}
 		}
 		st, _, err := p.repairStripe(row, off, members)
 		if !st.h.Valid() {
@@ -235,7 +257,6 @@ func (p *Pool) carryForward(ctx context.Context, row uint32, off int64, st *stri
 	minElse := p.minVersionElsewhere(row)
 	var moved int64
 	blk := 0
-	var keep []layout.Record
 	type liveRec struct {
 		r layout.Record
 		b int
@@ -246,20 +267,6 @@ func (p *Pool) carryForward(ctx context.Context, row uint32, off int64, st *stri
 		case layout.KindData:
 			data = append(data, liveRec{r, blk})
 			blk++
-		case layout.KindTombstone:
-			// Carry a tombstone that may still hide an older record
-			// elsewhere, or an entry kept in the index (for a snapshot,
-			// or a clone's parent data).
-			need := r.Version > minElse
-			if !need {
-				var err error
-				if need, err = p.tombstoneNeeded(r); err != nil {
-					return 0, err
-				}
-			}
-			if need {
-				keep = append(keep, r)
-			}
 		case layout.KindMeta:
 			b := block(blk)
 			blk++
@@ -289,10 +296,8 @@ func (p *Pool) carryForward(ctx context.Context, row uint32, off int64, st *stri
 			p.metaMu.Unlock()
 		}
 	}
-	if len(keep) > 0 {
-		if err := p.submit(ctx, &writeReq{k: k, m: m, gc: true, reserve: true, recs: keep}); err != nil {
-			return 0, err
-		}
+	if err := p.carryTombstones(ctx, h, minElse, k, m); err != nil {
+		return 0, err
 	}
 	cap := p.batchCap(int(k))
 	for i := 0; i < len(data); i += cap {
@@ -333,6 +338,33 @@ func (p *Pool) carryForward(ctx context.Context, row uint32, off int64, st *stri
 		}
 	}
 	return moved, nil
+}
+
+// carryTombstones rewrites the tombstones of batch h that may still hide an older record elsewhere, or an entry kept in the
+// index (for a snapshot, or a clone's parent data).
+// minElse is minVersionElsewhere(row), taken before the batch's records
+// were carried.
+func (p *Pool) carryTombstones(ctx context.Context, h *layout.ChunkHeader, minElse uint64, k, m uint8) error {
+	var keep []layout.Record
+	for _, r := range h.Records {
+		if r.Kind != layout.KindTombstone {
+			continue
+		}
+		need := r.Version > minElse
+		if !need {
+			var err error
+			if need, err = p.tombstoneNeeded(r); err != nil {
+				return err
+			}
+		}
+		if need {
+			keep = append(keep, r)
+		}
+	}
+	if len(keep) == 0 {
+		return nil
+	}
+	return p.submit(ctx, &writeReq{k: k, m: m, gc: true, reserve: true, recs: keep})
 }
 
 // freeSegment invalidates the log of segment row and returns it to the

@@ -109,3 +109,105 @@ func TestGCKeepsPoolWritable(t *testing.T) {
 		t.Fatal("data differ after reopen")
 	}
 }
+
+// TestGCDeadSegments cleans segments without live blocks, which the
+// cleaner scans by their headers only: the tombstones of such a segment
+// must still be carried (they hide older data elsewhere), and a batch
+// with meta records is still read whole (the volume's create record).
+// Recover, which rebuilds the index from the log alone, shows both.
+func TestGCDeadSegments(t *testing.T) {
+	ctx := context.Background()
+	for _, pc := range policies {
+		t.Run(pc.pol.String(), func(t *testing.T) {
+			tp := newTestPool(t, pc.n, 48<<20)
+			p := tp.p
+			// seal seals every segment (so the cleaner may take it) and
+			// returns the rows that were still open.
+			seal := func() []uint32 {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				var rows []uint32
+				for r, s := range p.mu.segs {
+					if !s.sealed {
+						rows = append(rows, r)
+					}
+					s.sealed = true
+				}
+				clear(p.mu.open)
+				return rows
+			}
+			live := func(rows []uint32) int64 {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				var n int64
+				for _, r := range rows {
+					n += p.mu.segs[r].live
+				}
+				return n
+			}
+			clean := func(what string, rows []uint32) {
+				t.Helper()
+				if n := live(rows); n != 0 {
+					t.Fatalf("%s: %d live blocks, want a dead segment", what, n)
+				}
+				for _, r := range rows {
+					if err := p.cleanSegment(ctx, r); err != nil {
+						t.Fatalf("%s: clean segment %d: %v", what, r, err)
+					}
+				}
+			}
+			v, err := p.CreateVolume(ctx, "d", 1<<20, Policy{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// 1: the create record and blocks 0-15.
+			if err := v.WriteAt(ctx, pattern(1, 64<<10), 0, false); err != nil {
+				t.Fatal(err)
+			}
+			first := seal()
+			// 2: tombstones of blocks 0-7 and block 128, overwritten in 3.
+			if err := v.Unmap(ctx, 0, 32<<10); err != nil {
+				t.Fatal(err)
+			}
+			if err := v.WriteAt(ctx, pattern(2, 4096), 128*4096, false); err != nil {
+				t.Fatal(err)
+			}
+			second := seal()
+			want := pattern(3, 4096)
+			if err := v.WriteAt(ctx, want, 128*4096, false); err != nil {
+				t.Fatal(err)
+			}
+			seal()
+			model := make([]byte, 1<<20)
+			copy(model[32<<10:64<<10], pattern(1, 64<<10)[32<<10:])
+			copy(model[128*4096:], want)
+			check := func(what string) {
+				t.Helper()
+				tp.p.Close()
+				if err := Recover(ctx, tp.opts); err != nil {
+					t.Fatal(err)
+				}
+				tp.open(t)
+				p = tp.p
+				got := readAll(t, tp.vol(t, "d"), 0, 1<<20)
+				for i := 0; i < 256; i++ {
+					if !bytes.Equal(got[i*4096:(i+1)*4096], model[i*4096:(i+1)*4096]) {
+						t.Fatalf("%s: after recover, block %d differs", what, i)
+					}
+				}
+			}
+			// The tombstones hide blocks 0-7 of the first segment.
+			clean("tombstones", second)
+			check("tombstones carried")
+			// The first segment dies too; its create record is carried.
+			v = tp.vol(t, "d")
+			if err := v.Unmap(ctx, 32<<10, 32<<10); err != nil {
+				t.Fatal(err)
+			}
+			clear(model[32<<10 : 64<<10])
+			seal()
+			clean("create record", first)
+			check("create record carried")
+		})
+	}
+}

@@ -740,10 +740,48 @@ type stripe struct {
 // from the first valid header found. minSeq rejects stale headers (seq <
 // minSeq). It returns found=false when no member holds a valid header.
 func (p *Pool) readStripe(row uint32, off int64, members []uint8, minSeq uint64) (st stripe, found bool) {
+	best, found := p.readHeader(row, off, members, minSeq)
+	if !found {
+		return st, false
+	}
+	devs := p.devices()
+	base := p.rowOff(row) + off
+	st.h = best
+	w := int(best.K) + int(best.M)
+	st.chunks = make([][]byte, w)
+	st.valid = make([]bool, w)
+	for i := 0; i < w; i++ {
+		mi := best.Members[i]
+		if int(mi) >= len(devs) {
+			continue
+		}
+		d := devs[mi]
+		c := make([]byte, best.ChunkLen())
+		if err := d.readFull(c, base); err != nil {
+			p.noteReadError(d, err)
+			continue
+		}
+		st.chunks[i] = c
+		h, err := layout.DecodeChunkHeader(c[:best.HeaderLen], nil)
+		if err != nil || h.Seq != best.Seq || int(h.Index) != i || h.PayloadLen != best.PayloadLen ||
+			layout.CRC(c[best.HeaderLen:]) != h.PayloadCRC {
+			continue
+		}
+		st.valid[i] = true
+		st.nvalid++
+	}
+	return st, true
+}
+
+// readHeader returns the header of the batch at (row, off): the valid
+// one with the highest seq among members (all devices when nil), reading
+// only the headers. minSeq rejects stale headers. found is false when no
+// member holds a valid header.
+func (p *Pool) readHeader(row uint32, off int64, members []uint8, minSeq uint64) (best layout.ChunkHeader, found bool) {
 	devs := p.devices()
 	base := p.rowOff(row) + off
 	if off+layout.BlockSize > p.segSize {
-		return st, false
+		return best, false
 	}
 	// Find the header with the highest seq among the candidates.
 	cands := members
@@ -753,7 +791,6 @@ func (p *Pool) readStripe(row uint32, off int64, members []uint8, minSeq uint64)
 		}
 	}
 	first := make([]byte, layout.BlockSize)
-	var best layout.ChunkHeader
 	for _, mi := range cands {
 		if int(mi) >= len(devs) {
 			continue
@@ -784,34 +821,7 @@ func (p *Pool) readStripe(row uint32, off int64, members []uint8, minSeq uint64)
 			best, found = h, true
 		}
 	}
-	if !found {
-		return st, false
-	}
-	st.h = best
-	w := int(best.K) + int(best.M)
-	st.chunks = make([][]byte, w)
-	st.valid = make([]bool, w)
-	for i := 0; i < w; i++ {
-		mi := best.Members[i]
-		if int(mi) >= len(devs) {
-			continue
-		}
-		d := devs[mi]
-		c := make([]byte, best.ChunkLen())
-		if err := d.readFull(c, base); err != nil {
-			p.noteReadError(d, err)
-			continue
-		}
-		st.chunks[i] = c
-		h, err := layout.DecodeChunkHeader(c[:best.HeaderLen], nil)
-		if err != nil || h.Seq != best.Seq || int(h.Index) != i || h.PayloadLen != best.PayloadLen ||
-			layout.CRC(c[best.HeaderLen:]) != h.PayloadCRC {
-			continue
-		}
-		st.valid[i] = true
-		st.nvalid++
-	}
-	return st, true
+	return best, found
 }
 
 // noteReadError counts a read error and fails the device past the
