@@ -15,7 +15,9 @@
 //	'b' vol lba ^version -> location (segment, batch offset, geometry, block, SHA-256,
 //	                        tag if nonzero), or "T": a tombstone that hides older
 //	                        versions kept for snapshots
-//	's' segment          -> members, tail, data blocks, live blocks, parity bytes
+//	's' segment          -> members, tail, data blocks, live blocks, parity bytes,
+//	                        lowest version, other records (tombstones, meta; absent
+//	                        in states written before it was kept)
 //	'v' volume id        -> volume metadata
 //	'c'                  -> checkpoint: last batch seq applied, max version, max volume id
 //

@@ -145,7 +145,8 @@ func (p *Pool) gcOnce(ctx context.Context) (int, error) {
 //
 //  1. Scan the segment's batches (reconstructing damaged chunks). A
 //     segment without live blocks is scanned by its headers only, except
-//     for batches holding meta records.
+//     for batches holding meta records, and not at all when it holds no
+//     tombstones or meta records either (segState.others).
 //  2. For each data record still indexed at this location, rewrite the
 //     block with its version (flagGC batch) while holding its block lock,
 //     so no foreground write or unmap can interleave.
@@ -169,6 +170,10 @@ func (p *Pool) cleanSegment(ctx context.Context, row uint32) error {
 	// is read only for its header (the tombstones); the segment's data is
 	// never read (a segment emptied by overwrites, the common victim).
 	dead := s.live == 0
+	if dead && s.others == 0 {
+		// Nothing but dead data: nothing to read at all.
+		tail = 0
+	}
 	p.mu.Unlock()
 	moved := int64(0)
 	start := time.Now()

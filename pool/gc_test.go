@@ -211,3 +211,54 @@ func TestGCDeadSegments(t *testing.T) {
 		})
 	}
 }
+
+// TestSegStateOthers: the count of non-data records per segment, which
+// lets the cleaner free a dead segment without reading it, is kept
+// through reopen and Recover, and reads as unknown (-1) from a state
+// stored without it.
+func TestSegStateOthers(t *testing.T) {
+	ctx := context.Background()
+	tp := newTestPool(t, 1, 48<<20)
+	v, err := tp.p.CreateVolume(ctx, "o", 1<<20, Policy{}) // one meta record
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.WriteAt(ctx, pattern(1, 64<<10), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Unmap(ctx, 0, 8<<10); err != nil { // one tombstone
+		t.Fatal(err)
+	}
+	others := func(what string) {
+		t.Helper()
+		tp.p.mu.Lock()
+		defer tp.p.mu.Unlock()
+		var n int64
+		for _, s := range tp.p.mu.segs {
+			n += s.others
+		}
+		if n != 2 {
+			t.Fatalf("%s: %d non-data records counted, want 2 (a create record, a tombstone)", what, n)
+		}
+	}
+	others("written")
+	tp.reopen(t)
+	others("reopened")
+	tp.p.Close()
+	if err := Recover(ctx, tp.opts); err != nil {
+		t.Fatal(err)
+	}
+	tp.open(t)
+	others("recovered")
+
+	s := segState{k: 2, m: 1, sealed: true, tail: 1 << 20, blocks: 7, live: 3, parity: 4096, minVer: 9, others: 5}
+	b := s.appendTo(nil, 0, 1)
+	got, err := decodeSegState(b)
+	if err != nil || got != s {
+		t.Fatalf("round trip: %+v, %v; want %+v", got, err, s)
+	}
+	old, err := decodeSegState(b[:len(b)-8])
+	if err != nil || old.others != -1 || old.minVer != 9 {
+		t.Fatalf("state without the count: %+v, %v; want others -1", old, err)
+	}
+}

@@ -127,6 +127,11 @@ type segState struct {
 	live    int64  // data blocks still referenced by the index
 	parity  int64  // parity bytes (per device, summed)
 	minVer  uint64 // lowest data or tombstone version ever written to the segment (0: none)
+	// others counts the records other than data (tombstones, meta)
+	// written to the segment; -1 when unknown (a state stored before the
+	// count was). A segment with neither live blocks nor others holds
+	// nothing the cleaner must carry.
+	others int64
 	// reserved is the end of the space handed out to batches in flight
 	// (in memory only; owned by the committer under Pool.mu).
 	reserved int64
@@ -160,12 +165,17 @@ func (s *segState) appendTo(b []byte, r, row uint32) []byte {
 	b = le.AppendUint64(b, uint64(s.blocks))
 	b = le.AppendUint64(b, uint64(s.live))
 	b = le.AppendUint64(b, uint64(s.parity))
-	return le.AppendUint64(b, s.minVer)
+	b = le.AppendUint64(b, s.minVer)
+	return le.AppendUint64(b, uint64(s.others))
 }
+
+// segStateLen is the length of a segment state value; states stored
+// before others was counted are 8 bytes shorter (others decodes as -1).
+const segStateLen = 4 + layout.MaxMembers + 48
 
 func decodeSegState(b []byte) (segState, error) {
 	var s segState
-	if len(b) != 4+layout.MaxMembers+40 {
+	if len(b) != segStateLen && len(b) != segStateLen-8 {
 		return s, fmt.Errorf("%w: segment state of %d bytes", ErrCorruption, len(b))
 	}
 	le := binary.LittleEndian
@@ -176,6 +186,10 @@ func decodeSegState(b []byte) (segState, error) {
 	s.live = int64(le.Uint64(b[36:]))
 	s.parity = int64(le.Uint64(b[44:]))
 	s.minVer = le.Uint64(b[52:])
+	s.others = -1
+	if len(b) == segStateLen {
+		s.others = int64(le.Uint64(b[60:]))
+	}
 	return s, nil
 }
 

@@ -965,6 +965,7 @@ func (p *Pool) batchState(b *pebble.Batch, h *layout.ChunkHeader, row uint32, of
 			dataBlocks++
 		}
 	}
+	others := int64(len(h.Records)) - dataBlocks
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := p.mu.segs[row]
@@ -976,6 +977,9 @@ func (p *Pool) batchState(b *pebble.Batch, h *layout.ChunkHeader, row uint32, of
 		s.tail = end
 	}
 	s.blocks += dataBlocks
+	if s.others >= 0 {
+		s.others += others
+	}
 	if minVer != math.MaxUint64 && (s.minVer == 0 || minVer < s.minVer) {
 		s.minVer = minVer
 	}
