@@ -347,3 +347,68 @@ func TestReplicaLargerThanOwner(t *testing.T) {
 		r.stop()
 	}
 }
+
+// TestGrowDuringResync: a replica still catching up when the volume grows
+// is dropped (its resync covered only the old size), its Resync fails and
+// it does not join the ISR; resynced again, it holds the grown volume.
+func TestGrowDuringResync(t *testing.T) {
+	checkNoLeak(t)
+	ctx := context.Background()
+	c := newGrowCluster(t, testSize, 1, 5*time.Second)
+	if err := randomIO(t, c.owner, 41, 4, 100, nil); err != nil {
+		t.Fatal(err)
+	}
+	r2s := newGrowStore(testSize)
+	r2 := startGrowReplica(t, "r2", r2s)
+	inResync, release := make(chan struct{}), make(chan struct{})
+	resynced := make(chan error, 1)
+	go func() {
+		var once bool
+		_, err := c.owner.Resync(ctx, r2.peer(), func(ResyncProgress) {
+			if !once {
+				once = true
+				close(inResync)
+				<-release
+			}
+		})
+		resynced <- err
+	}()
+	<-inResync // r2 is linked and catching up, not yet in the ISR
+	c.local.Grow(2 * testSize)
+	c.replicas[0].store.Grow(2 * testSize)
+	r2s.Grow(2 * testSize)
+	if err := c.owner.Grow(ctx, 2*testSize); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-resynced; err == nil {
+		t.Fatal("a resync that the grow overtook succeeded")
+	}
+	if got := c.isr.Members(); !slices.Equal(got, []string{"owner", "r1"}) {
+		t.Fatalf("ISR %v after the overtaken resync", got)
+	}
+	if got := c.owner.Members(); !slices.Equal(got, []string{"r1"}) {
+		t.Fatalf("members %v after the overtaken resync", got)
+	}
+	if err := randomIO(t, c.owner, 42, 4, 100, beyond); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.owner.Resync(ctx, r2.peer(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Regions != 2*testSize/(64<<10) {
+		t.Fatalf("second resync covered %d regions, want the grown volume's %d", st.Regions, 2*testSize/(64<<10))
+	}
+	if got := c.isr.Members(); !slices.Equal(got, []string{"owner", "r1", "r2"}) {
+		t.Fatalf("ISR %v after the second resync", got)
+	}
+	for _, s := range []Store{c.replicas[0].store, r2s} {
+		if !sameUpTo(t, s, c.local, 2*testSize) {
+			t.Fatal("a replica differs from the owner")
+		}
+	}
+	c.owner.Close()
+	c.replicas[0].stop()
+	r2.stop()
+}
