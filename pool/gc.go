@@ -345,10 +345,11 @@ func (p *Pool) carryForward(ctx context.Context, row uint32, off int64, st *stri
 	return moved, nil
 }
 
-// carryTombstones rewrites the tombstones of batch h that may still hide an older record elsewhere, or an entry kept in the
-// index (for a snapshot, or a clone's parent data).
-// minElse is minVersionElsewhere(row), taken before the batch's records
-// were carried.
+// carryTombstones rewrites the tombstones of batch h that may still hide
+// an older record elsewhere, or an entry kept in the index (for a
+// snapshot, or a clone's parent data). minElse is the batch's segment's
+// minVersionElsewhere, taken before any of the batch's records were
+// carried.
 func (p *Pool) carryTombstones(ctx context.Context, h *layout.ChunkHeader, minElse uint64, k, m uint8) error {
 	var keep []layout.Record
 	for _, r := range h.Records {
