@@ -16,7 +16,7 @@ DEB_DEPS := libiscsi-bin tgt qemu-system-x86 qemu-utils qemu-block-extra deboots
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_IQN := iqn.2026-11.dev.stave:demo
 
-.PHONY: all build run deps test unit fmt-check vet fuzz-short e2e conformance fuzz bench bench-pool package clean
+.PHONY: all build run deps test unit fmt-check vet fuzz-short e2e conformance conformance-pool fuzz bench bench-pool package clean
 
 all: build
 
@@ -88,6 +88,10 @@ test: deps build fmt-check vet unit fuzz-short e2e
 # conformance runs libiscsi's suite against Stave and tgt; extra options in CONFORMANCE_ARGS.
 conformance: build
 	bash tools/conformance/run.sh --stave-bin $(BIN) $(CONFORMANCE_ARGS)
+
+# conformance-pool is conformance on a 2+1 pool volume; it rewrites docs/conformance-pool.md.
+conformance-pool: build
+	bash tools/conformance/run.sh --stave-bin $(BIN) --pool --report $(CONFORMANCE_ARGS)
 
 # bench runs the matrix of Stave (file volume and 2+1 pool volume) against tgt, with QD1
 # latency percentiles, and rewrites the results in docs/benchmarks.md; extra options

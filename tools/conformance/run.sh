@@ -29,6 +29,10 @@
 #   --parallel          run the tgt and the Stave suites at the same time
 #                       (about 40% less wall time; the per-target times in
 #                       times.txt then overlap)
+#   --pool              serve Stave's LU from a pool: three sparse 2 GiB files
+#                       in the work directory, a 1 GiB volume of policy 2+1
+#                       (with --stave-bin or the default build; --report then
+#                       writes docs/conformance-pool.md)
 #   --report            run the report generator afterwards (writes
 #                       docs/conformance.md; compares Stave with the baseline
 #                       tools/conformance/stave-passing.txt)
@@ -72,6 +76,7 @@ tgt_ctl=""
 do_report=0
 detail=1
 parallel=0
+pool=0
 
 die() { echo "run.sh: $*" >&2; exit 2; }
 
@@ -91,6 +96,7 @@ while [[ $# -gt 0 ]]; do
 	--report) do_report=1; shift ;;
 	--no-detail) detail=0; shift ;;
 	--parallel) parallel=1; shift ;;
+	--pool) pool=1; shift ;;
 	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	*) die "unknown argument $1 (see --help)" ;;
 	esac
@@ -333,17 +339,29 @@ if want stave; then
 			--api "unix:$sock" >"$out/stave-serve.log" 2>&1 &
 		stave_pid=$!
 		stave_watch=$stave_pid
-		created=0
+		up=0
 		for _ in $(seq 150); do
 			kill -0 "$stave_pid" 2>/dev/null || die "stave serve exited: $(tail -20 "$out/stave-serve.log")"
-			if [[ -S $sock ]] && "$stave_bin" --api "unix:$sock" volume create conformance --size 1GiB \
-				>>"$out/stave-serve.log" 2>&1; then
-				created=1
+			if [[ -S $sock ]] && "$stave_bin" --api "unix:$sock" volume list >>"$out/stave-serve.log" 2>&1; then
+				up=1
 				break
 			fi
 			sleep 0.2
 		done
-		((created)) || die "could not create the volume (see $out/stave-serve.log)"
+		((up)) || die "stave serve did not answer on $sock (see $out/stave-serve.log)"
+		policy=()
+		if ((pool)); then
+			devs=()
+			for i in 0 1 2; do
+				truncate -s 2G "$work/pool-dev$i" || die "cannot make $work/pool-dev$i"
+				devs+=(--device "$work/pool-dev$i")
+			done
+			"$stave_bin" --api "unix:$sock" pool create "${devs[@]}" >>"$out/stave-serve.log" 2>&1 ||
+				die "could not create the pool (see $out/stave-serve.log)"
+			policy=(--policy 2+1)
+		fi
+		"$stave_bin" --api "unix:$sock" volume create conformance --size 1GiB "${policy[@]}" \
+			>>"$out/stave-serve.log" 2>&1 || die "could not create the volume (see $out/stave-serve.log)"
 		url="iscsi://127.0.0.1:$stave_port/iqn.2026-11.dev.stave:conformance/0"
 	fi
 	wait_lu "$url" 30 || die "Stave LU $url not reachable"
@@ -363,6 +381,10 @@ fi
 
 if ((do_report)); then
 	args=(-out docs/conformance.md -reasons tools/conformance/reasons.txt -list "$out/list.txt")
+	if ((pool)); then
+		args=(-out docs/conformance-pool.md -stave-lu "one 1 GiB pool volume of policy 2+1 (checksums on) on three sparse 2 GiB files, LUN 0 (make conformance-pool: run.sh --pool --report)"
+			-reasons tools/conformance/reasons.txt -list "$out/list.txt")
+	fi
 	[[ -f $out/stave.log ]] && args+=(-stave "$out/stave.log" -stave-detail "$out/stave-detail.log" -baseline tools/conformance/stave-passing.txt)
 	[[ -f $out/tgt.log ]] && args+=(-tgt "$out/tgt.log")
 	[[ -f $out/times.txt ]] && args+=(-times "$out/times.txt" -env "$out/env.txt")

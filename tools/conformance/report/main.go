@@ -34,6 +34,7 @@ type options struct {
 	stave, tgt, staveDetail, tgtDetail string
 	list, reasons, times, env, out     string
 	baseline, writeBaseline            string
+	staveLU                            string
 }
 
 func main() {
@@ -49,6 +50,7 @@ func main() {
 	flag.StringVar(&o.baseline, "baseline", "", "tests that passed on Stave before (tools/conformance/stave-passing.txt); the report lists those that no longer pass")
 	flag.StringVar(&o.writeBaseline, "write-baseline", "", "write the tests that pass on Stave now to this file (to accept a new baseline)")
 	flag.StringVar(&o.out, "out", "docs/conformance.md", "markdown file to write; - for stdout")
+	flag.StringVar(&o.staveLU, "stave-lu", defaultStaveLU, "what Stave's LU was, for the report's header")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "report:", err)
@@ -57,7 +59,7 @@ func main() {
 }
 
 func run(o options) error {
-	in := Input{}
+	in := Input{StaveLU: o.staveLU}
 	var err error
 	if o.list != "" {
 		f, err := os.Open(o.list)
@@ -180,7 +182,13 @@ type Input struct {
 	// BaselineName is the file it came from.
 	Baseline     []string
 	BaselineName string
+	// StaveLU describes the LU Stave served (the header says "Stave:
+	// <StaveLU>."); empty means defaultStaveLU.
+	StaveLU string
 }
+
+// defaultStaveLU is what make conformance serves: a file-backed volume.
+const defaultStaveLU = "one 1 GiB volume, LUN 0"
 
 // Reasons maps test names (Family.Suite.Test, Suite.Test or Suite) to the
 // reason a human gave for a failure or skip.
@@ -252,7 +260,11 @@ func Write(w io.Writer, in *Input) {
 	fmt.Fprintln(w, "(libiscsi `iscsi-test-cu --test=ALL --dataloss --allow-sanitize`, two initiator names, the")
 	fmt.Fprintln(w, "LU URL given twice so that the MultipathIO tests run; one iscsi-test-cu run per suite with a")
 	fmt.Fprintln(w, "hard time limit; suites with failures run again with `-V` for the messages below). Stave:")
-	fmt.Fprintln(w, "one 1 GiB volume, LUN 0. tgt: Debian's tgtd, rdwr backing store on a sparse 1 GiB file,")
+	lu := in.StaveLU
+	if lu == "" {
+		lu = defaultStaveLU
+	}
+	fmt.Fprintf(w, "%s. tgt: Debian's tgtd, rdwr backing store on a sparse 1 GiB file,\n", lu)
 	fmt.Fprintln(w, "LUN 1. Do not edit by hand: rerun `tools/conformance/run.sh --report`; give reasons in")
 	fmt.Fprintln(w, "`tools/conformance/reasons.txt`. `go test ./tests/e2e -run TestConformance` (with")
 	fmt.Fprintln(w, "STAVE_E2E=1) fails when the list \"Passes on tgt but not on Stave\" is not empty or an")
