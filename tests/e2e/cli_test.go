@@ -291,16 +291,7 @@ func TestCLIEveryVerb(t *testing.T) {
 		wrong.refused("wrong bearer token", "volume", "create", "tcpx", "--size", "1MiB")
 	})
 
-	devs := make([]string, 5)
-	for i := range devs {
-		devs[i] = filepath.Join(dir, fmt.Sprintf("dev%d", i))
-		if err := os.WriteFile(devs[i], nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Truncate(devs[i], 256<<20); err != nil {
-			t.Fatal(err)
-		}
-	}
+	devs := sparseFiles(t, dir, 5, 256<<20)
 	t.Run("pool", func(t *testing.T) {
 		e.refused("no pool yet", "pool", "status")
 		out := e.ok("pool", "create", "--device", devs[0], "--device", devs[1], "--device", devs[2], "--segment-size", "4MiB")

@@ -62,19 +62,7 @@ func TestConformance(t *testing.T) {
 	d := startDaemon(t)
 	d.MustCLI("volume", "create", "conformance", "--size", "1GiB")
 	// Volumes created after the pool live in it.
-	devs := t.TempDir()
-	args := []string{"pool", "create"}
-	for i := range 3 {
-		p := filepath.Join(devs, fmt.Sprintf("dev%d.img", i))
-		if err := os.WriteFile(p, nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Truncate(p, 2<<30); err != nil {
-			t.Fatal(err)
-		}
-		args = append(args, "--device", p)
-	}
-	d.MustCLI(args...)
+	d.MustCLI(append([]string{"pool", "create"}, deviceFlags(sparseFiles(t, t.TempDir(), 3, 2<<30))...)...)
 	d.MustCLI("volume", "create", "conformance-pool", "--size", "1GiB", "--policy", "2+1")
 	lu := func(vol string) string {
 		return fmt.Sprintf("iscsi://%s/iqn.2026-11.dev.stave:%s/0", d.Portal(), vol)

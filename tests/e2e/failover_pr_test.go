@@ -280,19 +280,7 @@ func startReplicatedClusterPools(t *testing.T, ips []string, vol string, withPoo
 	startTogether(t, ns, func(_ int, n *clusterNode) error { return n.startErr() })
 	ns[0].waitStates(t, map[string]string{"n1": "up", "n2": "up", "n3": "up"})
 	for _, n := range ns[:withPool] {
-		dir := t.TempDir()
-		args := []string{"pool", "create"}
-		for i := range 3 {
-			p := filepath.Join(dir, fmt.Sprintf("dev%d.img", i))
-			if err := os.WriteFile(p, nil, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Truncate(p, 1<<30); err != nil {
-				t.Fatal(err)
-			}
-			args = append(args, "--device", p)
-		}
-		n.MustCLI(args...)
+		n.MustCLI(append([]string{"pool", "create"}, deviceFlags(sparseFiles(t, t.TempDir(), 3, 1<<30))...)...)
 	}
 	ns[0].MustCLI("volume", "create", vol, "--size", "64MiB", "--replicas", "3")
 	v, err := volumeJSON(ns[0].daemon, vol)

@@ -117,22 +117,8 @@ func TestMetricsAgreeWithIO(t *testing.T) {
 	d := startDaemon(t, "--http-listen", httpAddr, "--http-token-file", tok)
 
 	// A pool of three sparse files, so that the pool's metrics exist.
-	var devs []string
-	for i := range 3 {
-		p := filepath.Join(t.TempDir(), fmt.Sprintf("dev%d", i))
-		if err := os.WriteFile(p, nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Truncate(p, 256<<20); err != nil {
-			t.Fatal(err)
-		}
-		devs = append(devs, p)
-	}
-	args := []string{"pool", "create", "--segment-size", "4MiB"}
-	for _, p := range devs {
-		args = append(args, "--device", p)
-	}
-	d.MustCLI(args...)
+	devs := sparseFiles(t, t.TempDir(), 3, 256<<20)
+	d.MustCLI(append([]string{"pool", "create", "--segment-size", "4MiB"}, deviceFlags(devs)...)...)
 	d.MustCLI("volume", "create", vol, "--size", "64MiB")
 
 	ctx := context.Background()

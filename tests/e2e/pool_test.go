@@ -128,22 +128,35 @@ func TestPoolDeviceLoss(t *testing.T) {
 	}
 }
 
+// sparseFiles makes n sparse files of size bytes in dir (dev0.img, …)
+// and returns their paths.
+func sparseFiles(t *testing.T, dir string, n int, size int64) []string {
+	t.Helper()
+	paths := make([]string, n)
+	for i := range paths {
+		paths[i] = filepath.Join(dir, fmt.Sprintf("dev%d.img", i))
+		if err := os.WriteFile(paths[i], nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(paths[i], size); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return paths
+}
+
+// deviceFlags returns a --device flag for each path.
+func deviceFlags(paths []string) []string {
+	var args []string
+	for _, p := range paths {
+		args = append(args, "--device", p)
+	}
+	return args
+}
+
 func testPoolDeviceLoss(t *testing.T, inject func(path string) error) {
 	d := startDaemon(t)
-	dir := t.TempDir()
-	var devs []string
-	for i := range 4 {
-		p := filepath.Join(dir, fmt.Sprintf("dev%d.img", i))
-		f, err := os.Create(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := f.Truncate(poolDevSize); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
-		devs = append(devs, p)
-	}
+	devs := sparseFiles(t, t.TempDir(), 4, poolDevSize)
 	d.MustCLI("pool", "create", "--device", devs[0], "--device", devs[1], "--device", devs[2], "--segment-size", "4MiB")
 	if out := d.MustCLI("volume", "create", "pv", "--size", fmt.Sprint(poolVolSize), "--policy", "2+1"); !strings.Contains(out, "policy 2+1") {
 		t.Fatalf("volume create: %s", out)
@@ -245,19 +258,7 @@ func TestPoolRestartKeepsVolumes(t *testing.T) {
 	requireTool(t, "qemu-io")
 	d := startDaemon(t)
 	d.MustCLI("volume", "create", "legacy", "--size", "64MiB")
-	dir := t.TempDir()
-	var args []string
-	for i := range 3 {
-		p := filepath.Join(dir, fmt.Sprintf("dev%d.img", i))
-		if err := os.WriteFile(p, nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Truncate(p, poolDevSize); err != nil {
-			t.Fatal(err)
-		}
-		args = append(args, "--device", p)
-	}
-	d.MustCLI(append([]string{"pool", "create", "--segment-size", "4MiB"}, args...)...)
+	d.MustCLI(append([]string{"pool", "create", "--segment-size", "4MiB"}, deviceFlags(sparseFiles(t, t.TempDir(), 3, poolDevSize))...)...)
 	d.MustCLI("volume", "create", "pv", "--size", "64MiB")
 	ctx, cancel := context.WithTimeout(context.Background(), poolIOTimeout)
 	defer cancel()
